@@ -1,0 +1,124 @@
+"""The one place that configures MindSpore: device, execution mode, jit level, seeds, memory, msrun.
+
+Every script calls :func:`init_runtime` once, before building a model, and nothing else in the
+project calls ``mindspore.set_context`` or ``mindspore.communication.init``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+
+import mindspore as ms
+
+logger = logging.getLogger(__name__)
+
+DEVICE_TARGETS = ("CPU", "GPU", "Ascend")
+MODES = ("graph", "pynative")
+JIT_LEVELS = ("O0", "O1", "O2")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What :func:`init_runtime` set up; passed around instead of re-reading the context."""
+
+    device_target: str
+    mode: str
+    jit_level: str
+    rank_id: int = 0
+    device_num: int = 1
+
+    @property
+    def distributed(self) -> bool:
+        return self.device_num > 1
+
+    @property
+    def is_main_process(self) -> bool:
+        return self.rank_id == 0
+
+
+_CURRENT: Runtime | None = None
+
+
+def set_seed(seed: int) -> None:
+    """Seed MindSpore, NumPy and Python's random (each rank adds nothing: callers offset if needed)."""
+    ms.set_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def init_runtime(
+    device_target: str = "CPU",
+    mode: str = "graph",
+    jit_level: str = "O0",
+    seed: int | None = 42,
+    max_device_memory: str | None = None,
+    distributed: bool = False,
+    parallel_mode: str = "data",
+    debug: bool = False,
+) -> Runtime:
+    """Set device, mode, jit level, seed and (under msrun) the communication group.
+
+    ``mode`` is "graph" (default: sampling and training steps are compiled) or "pynative"
+    (eager, for debugging). ``distributed=True`` must run under ``msrun``: it initialises the
+    collective backend (HCCL on Ascend, NCCL on GPU, MCCL on CPU) and sets data parallel with
+    gradient averaging; optimizer sharding (ZeRO-1) is done by :mod:`opensora.training.zero`
+    on top of plain collectives because MindSpore's built-in one is Ascend/GPU only.
+    """
+    global _CURRENT
+    if device_target not in DEVICE_TARGETS:
+        raise ValueError(f"device_target must be one of {DEVICE_TARGETS}, got {device_target!r}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if jit_level not in JIT_LEVELS:
+        raise ValueError(f"jit_level must be one of {JIT_LEVELS}, got {jit_level!r}")
+
+    ms_mode = ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE
+    ms.set_context(mode=ms_mode, device_target=device_target)
+    ms.set_context(jit_config={"jit_level": jit_level})
+    if debug:
+        ms.set_context(pynative_synchronize=True)
+    if max_device_memory and device_target != "CPU":
+        ms.set_context(max_device_memory=max_device_memory)
+
+    rank_id, device_num = 0, 1
+    if distributed:
+        from mindspore.communication import get_group_size, get_rank, init
+
+        init()
+        rank_id, device_num = get_rank(), get_group_size()
+        ms.reset_auto_parallel_context()
+        if parallel_mode != "data":
+            raise ValueError(f"parallel_mode {parallel_mode!r} is not supported; use 'data'")
+        ms.set_auto_parallel_context(
+            parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True, device_num=device_num
+        )
+    if seed is not None:
+        set_seed(seed)
+
+    _CURRENT = Runtime(device_target, mode, jit_level, rank_id, device_num)
+    logger.info(
+        "runtime: device=%s mode=%s jit=%s rank=%d/%d", device_target, mode, jit_level, rank_id, device_num
+    )
+    return _CURRENT
+
+
+def current_runtime() -> Runtime:
+    """The runtime set by :func:`init_runtime`, or a description of MindSpore's defaults."""
+    if _CURRENT is not None:
+        return _CURRENT
+    device = ms.get_context("device_target")
+    mode = "graph" if ms.get_context("mode") == ms.GRAPH_MODE else "pynative"
+    return Runtime(device, mode, "O0")
+
+
+def is_ascend() -> bool:
+    return current_runtime().device_target == "Ascend"
+
+
+def default_env() -> None:
+    """Quieten MindSpore's C++ logging unless the user asked for it."""
+    os.environ.setdefault("GLOG_v", "3")

@@ -1,0 +1,126 @@
+"""Checkpoint reading, key/shape checking with readable reports, and atomic writing.
+
+``mindspore.load_param_into_net`` does not raise on missing or unexpected keys, so every load
+here goes through :func:`compare_shapes` first and refuses (or reports) what does not match.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
+
+import numpy as np
+
+import mindspore as ms
+from mindspore import nn
+
+
+class CheckpointError(ValueError):
+    """A checkpoint does not fit the model; the message lists every problem."""
+
+
+@dataclass
+class KeyReport:
+    missing: list[str] = field(default_factory=list)  # the model needs them, the checkpoint lacks them
+    unexpected: list[str] = field(default_factory=list)  # in the checkpoint, unknown to the model
+    mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)  # (name, checkpoint, model)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def format(self, limit: int = 50) -> str:
+        lines = []
+        for title, items in (("missing from the checkpoint", self.missing),
+                             ("not used by the model", self.unexpected)):
+            if items:
+                lines.append(f"{len(items)} key(s) {title}:")
+                lines += [f"  {k}" for k in items[:limit]] + ([f"  ... {len(items) - limit} more"] if len(items) > limit else [])
+        if self.mismatched:
+            lines.append(f"{len(self.mismatched)} key(s) with a different shape (checkpoint vs model):")
+            lines += [f"  {k}: {tuple(a)} vs {tuple(b)}" for k, a, b in self.mismatched[:limit]]
+        return "\n".join(lines)
+
+
+def compare_shapes(checkpoint: Mapping[str, Iterable[int]], model: Mapping[str, Iterable[int]]) -> KeyReport:
+    """Key-by-key and shape-by-shape comparison of two name -> shape maps."""
+    report = KeyReport()
+    for name, shape in model.items():
+        if name not in checkpoint:
+            report.missing.append(name)
+        elif tuple(checkpoint[name]) != tuple(shape):
+            report.mismatched.append((name, tuple(checkpoint[name]), tuple(shape)))
+    report.unexpected = [name for name in checkpoint if name not in model]
+    return report
+
+
+def model_shapes(net: nn.Cell) -> dict[str, tuple]:
+    return {p.name: tuple(p.shape) for p in net.get_parameters()}
+
+
+def read_checkpoint(path: str) -> dict[str, ms.Parameter]:
+    """Read a MindSpore ``.ckpt`` or a ``.safetensors`` file (no torch needed) into name -> Parameter."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    if path.endswith(".safetensors"):
+        return ms.load_checkpoint(path, format="safetensors")
+    if path.endswith(".ckpt"):
+        return ms.load_checkpoint(path)
+    raise CheckpointError(
+        f"{path}: unsupported checkpoint format; use a MindSpore .ckpt or a .safetensors file "
+        "(convert PyTorch .pth/.bin files with the scripts in tools/)"
+    )
+
+
+def load_into(net: nn.Cell, params: Mapping[str, ms.Parameter], source: str = "checkpoint",
+              strict: bool = True, ignore: Iterable[str] = ()) -> KeyReport:
+    """Load ``params`` into ``net`` after checking every key and shape.
+
+    ``strict``: any missing, unexpected or mis-shaped key raises :class:`CheckpointError` with the
+    full list and nothing is loaded. Otherwise matching keys are loaded and the report returned.
+    ``ignore``: names that may be absent from the checkpoint (e.g. buffers recomputed at build).
+    """
+    report = compare_shapes({k: v.shape for k, v in params.items()}, model_shapes(net))
+    ignore = set(ignore)
+    report.missing = [k for k in report.missing if k not in ignore]
+    if strict and not report.ok:
+        raise CheckpointError(f"{source} does not match the model:\n{report.format()}")
+    bad = {name for name, _, _ in report.mismatched} | set(report.unexpected)
+    usable = {k: v for k, v in params.items() if k not in bad}
+    net_dtypes = {p.name: p.dtype for p in net.get_parameters()}
+    for name, value in usable.items():
+        if value.dtype != net_dtypes[name]:
+            usable[name] = ms.Parameter(value.astype(net_dtypes[name]), name=name)
+    ms.load_param_into_net(net, usable, strict_load=False)
+    return report
+
+
+def load_checkpoint(net: nn.Cell, path: str, strict: bool = True, ignore: Iterable[str] = ()) -> KeyReport:
+    return load_into(net, read_checkpoint(path), source=path, strict=strict, ignore=ignore)
+
+
+def atomic_path(path: str) -> str:
+    """A temporary name next to ``path``: renamed onto it only when the write finished."""
+    directory, name = os.path.split(os.path.abspath(path))
+    return os.path.join(directory, f".{name}.tmp{os.getpid()}")
+
+
+def save_checkpoint(params, path: str) -> None:
+    """Write a ``.ckpt`` atomically (temporary file, then rename), so a crash never leaves half a file.
+
+    ``params``: a Cell, or a list of ``{"name": ..., "data": Tensor}``, or a name -> array mapping.
+    """
+    if isinstance(params, Mapping):
+        params = [{"name": k, "data": v if isinstance(v, ms.Tensor) else ms.Tensor(np.asarray(v))}
+                  for k, v in params.items()]
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = atomic_path(path)
+    try:
+        ms.save_checkpoint(params, tmp)
+        # MindSpore appends ".ckpt" when the name lacks it.
+        written = tmp if os.path.exists(tmp) else tmp + ".ckpt"
+        os.replace(written, path)
+    finally:
+        for leftover in (tmp, tmp + ".ckpt"):
+            if os.path.exists(leftover):
+                os.remove(leftover)
