@@ -1,0 +1,1 @@
+"""Benchmarks (not tests): they print figures and write JSON reports; `scripts/benchmark.py` runs them."""
