@@ -79,6 +79,86 @@ def weight_files(source: str | Iterable[str], patterns=(".safetensors", ".bin", 
     return [source]
 
 
+def iter_weight_file(path: str) -> Iterator[tuple[str, np.ndarray]]:
+    """(name, array) of one weight file, one tensor at a time (safetensors lazily, .bin memory-mapped).
+
+    Unlike :func:`read_weight_file` this never holds the converted arrays of a whole file, so a
+    converter's peak memory is one tensor plus what the operating system caches of the file.
+    """
+    if not os.path.isfile(path):
+        raise CheckpointError(f"weight file not found: {path}")
+    if path.endswith(".safetensors"):
+        from safetensors import safe_open
+
+        with safe_open(path, framework="np") as f:  # bf16 readable because mindspore is imported
+            for name in f.keys():
+                yield name, f.get_tensor(name)
+        return
+    import torch
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # old (non-zip) pickles cannot be memory-mapped
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    for name, value in unwrap_state_dict(obj).items():
+        if hasattr(value, "detach"):
+            yield name, _torch_to_numpy(value)
+
+
+def weight_file_shapes(path: str) -> dict[str, tuple]:
+    """Name -> shape of one weight file without reading its data (safetensors header / mmap)."""
+    if path.endswith(".safetensors"):
+        import json
+        import struct
+
+        with open(path, "rb") as f:
+            (size,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(size))
+        return {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"}
+    import torch
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    return {k: tuple(v.shape) for k, v in unwrap_state_dict(obj).items() if hasattr(v, "shape")}
+
+
+_CKPT_TYPES = {"float32": "Float32", "float16": "Float16", "float64": "Float64", "bfloat16": "BFloat16",
+               "int8": "Int8", "uint8": "UInt8", "int16": "Int16", "uint16": "UInt16", "int32": "Int32",
+               "uint32": "UInt32", "int64": "Int64", "uint64": "UInt64", "bool": "Bool"}
+_SLICE_BYTES = 512 * 1024 * 1024  # MindSpore also slices big tensors; the loader joins slices of one tag
+
+
+def _cast(array: np.ndarray, ms_dtype) -> np.ndarray:
+    if ms_dtype is None or not np.issubdtype(array.dtype, np.floating) and array.dtype.name != "bfloat16":
+        return array
+    from mindspore.common import np_dtype
+
+    target = {ms.float32: np.float32, ms.float16: np.float16, ms.bfloat16: np_dtype.bfloat16}[ms_dtype]
+    if array.dtype.name == "bfloat16" and target is not np_dtype.bfloat16:
+        array = array.astype(np.float32)
+    return array.astype(target, copy=False)
+
+
+def write_ckpt_tensor(f, name: str, array: np.ndarray) -> None:
+    """Append one tensor to an open ``.ckpt`` in MindSpore's format (a stream of ``Checkpoint`` messages)."""
+    from mindspore.train.checkpoint_pb2 import Checkpoint
+
+    array = np.ascontiguousarray(array)
+    if array.dtype.name not in _CKPT_TYPES:
+        raise CheckpointError(f"{name}: dtype {array.dtype} cannot be stored in a MindSpore checkpoint")
+    data = array.reshape(-1).view(np.uint8)
+    for start in range(0, max(len(data), 1), _SLICE_BYTES):
+        message = Checkpoint()
+        value = message.value.add()
+        value.tag = name
+        value.tensor.dims.extend(array.shape if array.ndim else [0])
+        value.tensor.tensor_type = _CKPT_TYPES[array.dtype.name]
+        value.tensor.tensor_content = data[start:start + _SLICE_BYTES].tobytes()
+        f.write(message.SerializeToString())
+
+
 def convert(
     sources: Iterable[str],
     target: str,
@@ -87,28 +167,43 @@ def convert(
     dtype: str | None = None,
     ignore_unexpected: Callable[[str], bool] = lambda name: False,
 ) -> KeyReport:
-    """Convert weight files into one checked ``.ckpt``, reading one file at a time.
+    """Convert weight files into one checked ``.ckpt``, one tensor at a time.
 
     ``rename(name, array)`` yields the MindSpore (name, array) pairs for one source tensor: the
     documented table of true differences of each model (identity when ``None``). Every key and
-    shape is compared with ``expected_shapes`` (the MindSpore model's); on any problem the full
-    list is raised and nothing is written. Peak memory is the converted weights plus one file.
+    shape is compared with ``expected_shapes`` (the MindSpore model's); on any problem (missing,
+    unexpected, mis-shaped or duplicated keys) the full list is raised and nothing is written.
+    Tensors are appended to a temporary file as they are read and the file is renamed onto
+    ``target`` only when everything matched, so peak memory is about one tensor (plus the OS
+    page cache) rather than a copy of the model, and a crash never leaves a half ``target``.
     """
     ms_dtype = DTYPES[dtype] if dtype else None
-    converted: dict[str, ms.Tensor] = {}
-    for path in sources:
-        for name, array in read_weight_file(path).items():
-            pairs = rename(name, array) if rename else [(name, array)]
-            for new_name, new_array in pairs:
-                if ignore_unexpected(new_name):
-                    continue
-                tensor = ms.Tensor(np.ascontiguousarray(new_array))
-                converted[new_name] = tensor.astype(ms_dtype) if ms_dtype else tensor
-    report = compare_shapes({k: v.shape for k, v in converted.items()}, expected_shapes)
-    if not report.ok:
-        raise CheckpointError(f"the weights do not match the MindSpore model; nothing was written:\n{report.format()}")
+    shapes: dict[str, tuple] = {}
+    duplicates: list[str] = []
     os.makedirs(os.path.dirname(os.path.abspath(target)) or ".", exist_ok=True)
     tmp = atomic_path(target)
-    ms.save_checkpoint([{"name": k, "data": converted[k]} for k in expected_shapes], tmp)
-    os.replace(tmp if os.path.exists(tmp) else tmp + ".ckpt", target)
+    try:
+        with open(tmp, "wb") as f:
+            for path in sources:
+                for name, array in iter_weight_file(path):
+                    for new_name, new_array in (rename(name, array) if rename else [(name, array)]):
+                        if ignore_unexpected(new_name):
+                            continue
+                        if new_name in shapes:
+                            duplicates.append(new_name)
+                            continue
+                        shapes[new_name] = tuple(new_array.shape)
+                        # once something is wrong, keep reading (to list every problem) but stop writing
+                        if not duplicates and expected_shapes.get(new_name) == shapes[new_name]:
+                            write_ckpt_tensor(f, new_name, _cast(new_array, ms_dtype))
+        report = compare_shapes(shapes, expected_shapes)
+        if duplicates or not report.ok:
+            extra = f"\n{len(duplicates)} key(s) given more than once:\n" + "\n".join(f"  {k}" for k in duplicates) \
+                if duplicates else ""
+            raise CheckpointError(
+                f"the weights do not match the MindSpore model; nothing was written:\n{report.format()}{extra}")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return report

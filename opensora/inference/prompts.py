@@ -1,0 +1,129 @@
+"""Prompts: files, the JSON suffix, per-loop segments (``|0|a|2|b``), score suffixes, safe file names.
+
+Grammar as upstream 1.2 (``opensora/utils/inference_utils.py``), with clear errors where upstream
+asserts or loops forever.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+
+from ..config import ConfigError
+
+JSON_KEYS = ("reference_path", "mask_strategy")
+
+
+class PromptError(ConfigError):
+    """A prompt, prompt file or JSON suffix cannot be read; the message says how to fix it."""
+
+
+def load_prompts(path: str, start_index: int = 0, end_index: int | None = None) -> list[str]:
+    """One prompt per line of a .txt file, or the ``text`` column of a .csv; sliced [start:end]."""
+    if not os.path.isfile(path):
+        raise PromptError(f"prompt file not found: {path}")
+    if path.lower().endswith(".csv"):
+        import pandas as pd
+
+        table = pd.read_csv(path)
+        if "text" not in table.columns:
+            raise PromptError(f"{path}: a CSV prompt file needs a 'text' column (columns: {list(table.columns)})")
+        prompts = [str(t).strip() for t in table["text"].tolist()]
+    else:
+        with open(path, "r", encoding="utf-8") as f:
+            prompts = [line.strip() for line in f]  # every line counts, as upstream (and infer_t5.py)
+    return prompts[start_index:end_index]
+
+
+def extract_json_from_prompts(prompts, references, mask_strategies):
+    """Split ``text{"reference_path": ..., "mask_strategy": ...}``; the JSON overrides the CLI lists."""
+    texts, references, mask_strategies = list(prompts), list(references), list(mask_strategies)
+    for i, prompt in enumerate(prompts):
+        parts = re.split(r"(?=[{])", prompt, maxsplit=1)
+        texts[i] = parts[0]
+        if len(parts) == 1:
+            continue
+        try:
+            info = json.loads(parts[1])
+        except json.JSONDecodeError as err:
+            raise PromptError(f"prompt {i}: the text after '{{' must be a JSON object ({err.msg} at column "
+                              f"{err.colno}): {parts[1]!r}") from None
+        if not isinstance(info, dict):
+            raise PromptError(f"prompt {i}: the JSON suffix must be an object, got {parts[1]!r}")
+        for key, value in info.items():
+            if key not in JSON_KEYS:
+                raise PromptError(f"prompt {i}: unknown JSON key {key!r}; allowed: {', '.join(JSON_KEYS)}")
+            if not isinstance(value, str):
+                raise PromptError(f"prompt {i}: {key} must be a string, got {value!r}")
+            if key == "reference_path":
+                references[i] = value
+            else:
+                mask_strategies[i] = value
+    return texts, references, mask_strategies
+
+
+def split_prompt(text: str):
+    """``"|0|a|2|b"`` -> (["a", "b"], [0, 2]); a plain prompt -> ([text], None)."""
+    if not text.startswith("|0|"):
+        return [text], None
+    parts = text.split("|")[1:]
+    if len(parts) % 2:
+        raise PromptError(f"loop prompt {text!r}: expected |loop|text pairs such as |0|a cat|2|a dog")
+    texts, loops = [], []
+    for i in range(0, len(parts), 2):
+        try:
+            loop = int(parts[i])
+        except ValueError:
+            raise PromptError(f"loop prompt {text!r}: {parts[i]!r} is not a loop index") from None
+        if loops and loop <= loops[-1]:
+            raise PromptError(f"loop prompt {text!r}: loop indices must increase")
+        texts.append(parts[i + 1].strip())
+        loops.append(loop)
+    return texts, loops
+
+
+def merge_prompt(texts, loops=None) -> str:
+    if loops is None:
+        return texts[0]
+    return "".join(f"|{loop}|{text}" for text, loop in zip(texts, loops))
+
+
+def prompt_for_loop(prompt: str, loop_i: int) -> str:
+    """The segment of a ``|0|...`` prompt in force at loop ``loop_i`` (the last one that started)."""
+    texts, loops = split_prompt(prompt)
+    if loops is None:
+        return prompt
+    current = texts[0]
+    for text, start in zip(texts, loops):
+        if start <= loop_i:
+            current = text
+    return current
+
+
+def append_scores(prompt: str, aes=None, flow=None, camera_motion=None) -> str:
+    """Upstream's score suffixes, skipped when the prompt already states them."""
+    if aes is not None and "aesthetic score:" not in prompt:
+        prompt = f"{prompt} aesthetic score: {float(aes):.1f}."
+    if flow is not None and "motion score:" not in prompt:
+        prompt = f"{prompt} motion score: {float(flow):.1f}."
+    if camera_motion is not None and "camera motion:" not in prompt:
+        prompt = f"{prompt} camera motion: {camera_motion}."
+    return prompt
+
+
+def process_prompt(prompt: str, clean=None, aes=None, flow=None, camera_motion=None) -> str:
+    """Split loop segments, append scores and clean each segment (as T5 sees it), merge back."""
+    texts, loops = split_prompt(prompt)
+    texts = [append_scores(t, aes, flow, camera_motion) for t in texts]
+    if clean is not None:
+        texts = [clean(t) for t in texts]
+    return merge_prompt(texts, loops)
+
+
+_UNSAFE = re.compile(r"[^\w\-. ,']+")
+
+
+def safe_file_name(prompt: str, max_length: int = 100) -> str:
+    """A prompt as a file name: path separators and shell-hostile characters replaced, length capped."""
+    name = _UNSAFE.sub("_", prompt.strip()).strip(" .")
+    return (name[:max_length].rstrip(" .") or "prompt")

@@ -1,0 +1,140 @@
+"""Configuration -> model, VAE, scheduler, data loader, trainer (what ``scripts/train.py`` runs)."""
+from __future__ import annotations
+
+import logging
+import os
+
+from ..config import Config, ConfigError
+from .trainer import Trainer, TrainOptions
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+TRAIN_SCHEDULER_DEFAULTS = {
+    # upstream training builds IDDPM(timestep_respacing="") (all 1000 steps) and
+    # RFlow(use_timestep_transform=True, sample_method="logit-normal")
+    "iddpm": {"timestep_respacing": ""},
+    "rflow": {"use_timestep_transform": True, "sample_method": "logit-normal"},
+}
+
+
+def check_config(cfg: Config) -> None:
+    if not cfg.model or "type" not in cfg.model:
+        raise ConfigError("model: give a model config with a type, e.g. {type: STDiT3-XL/2}")
+    if not cfg.csv_path:
+        raise ConfigError("csv_path is required (a csv with path/video and text/caption columns)")
+    if cfg.dataset_sink_mode:
+        raise ConfigError("dataset_sink_mode: not supported (the data pipeline is a Python iterator feeding a "
+                          "compiled step); set it to false")
+    if cfg.video_embed_folder is None and cfg.vae is None:
+        raise ConfigError("raw videos (video_folder) need a vae config to encode them; or give video_embed_folder")
+    if cfg.dtype == "bf16" and cfg.device_target == "CPU":
+        raise ConfigError("dtype bf16 has no CPU kernels in MindSpore; use fp32 (or fp16) on the CPU")
+
+
+def build_model(cfg: Config):
+    from ..models.registry import MODELS
+
+    kwargs = dict(cfg.model)
+    kwargs.setdefault("dtype", DTYPES[cfg.dtype])
+    if cfg.grad_checkpoint:
+        kwargs["grad_checkpointing"] = True
+        if cfg.num_recompute_blocks is not None:
+            kwargs["num_recompute_blocks"] = cfg.num_recompute_blocks
+    model = MODELS.build(kwargs)
+    if cfg.pretrained_pixart:
+        from .pixart_init import load_pixart
+
+        load_pixart(model, cfg.pretrained_pixart)
+    if cfg.ckpt_path:
+        from ..utils.checkpoint import load_checkpoint
+
+        report = load_checkpoint(model, cfg.ckpt_path, strict=False)
+        if not report.ok:
+            logger.warning("ckpt_path %s:\n%s", cfg.ckpt_path, report.format())
+    return model
+
+
+def build_scheduler(cfg: Config):
+    from ..schedulers import build_scheduler as build
+
+    sched = dict(cfg.scheduler or {"type": "iddpm"})
+    kind = sched.get("type")
+    for key, value in TRAIN_SCHEDULER_DEFAULTS.get(kind, {}).items():
+        sched.setdefault(key, value)
+    if kind == "iddpm":  # a sampling config's respacing must not shorten the training process
+        sched.pop("num_sampling_steps", None)
+        sched["timestep_respacing"] = ""
+    return build(sched)
+
+
+def build_vae(cfg: Config):
+    if cfg.video_embed_folder:
+        return None
+    from ..models.registry import VAES
+
+    vae = VAES.build(dict(cfg.vae))
+    vae.set_train(False)
+    for p in vae.get_parameters():
+        p.requires_grad = False
+    return vae
+
+
+def _image_size(cfg: Config) -> tuple[int, int]:
+    size = cfg.image_size
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def build_loader(cfg: Config, rank: int, world: int, vae=None):
+    from ..datasets.dataset import VideoTextDataset
+    from ..datasets.loader import BatchLoader
+    from ..datasets.sampler import BucketBatchSampler, FixedSizeBatchSampler
+
+    dataset = VideoTextDataset(cfg.csv_path, cfg.video_folder, cfg.text_embed_folder, cfg.video_embed_folder,
+                               cfg.frame_interval, cfg.transform_name, need_size_columns=bool(cfg.bucket_config),
+                               repeat_images=not cfg.bucket_config)
+    if cfg.bucket_config:
+        sampler = BucketBatchSampler(dataset.size_infos(), cfg.bucket_config, cfg.frame_interval, world, rank,
+                                     cfg.seed)
+        if sampler.dropped:
+            logger.info("buckets: %d of %d samples fit no bucket and are not used", sampler.dropped, len(dataset))
+    else:
+        h, w = _image_size(cfg)
+        sampler = FixedSizeBatchSampler(len(dataset), cfg.batch_size, cfg.num_frames, h, w, world, rank, cfg.seed)
+    latent_frames = None
+    if cfg.video_embed_folder and not cfg.bucket_config:
+        latent_frames = _latent_frames_fn(cfg)
+    return BatchLoader(dataset, sampler, cfg.seed, rank, cfg.num_workers, latent_frames=latent_frames)
+
+
+def _latent_frames_fn(cfg: Config):
+    """How many latent frames a clip of n pixel frames gives (cached latents are cut to it)."""
+    vae_type = (cfg.vae or {}).get("type", "")
+    if "V1_2" in vae_type or "Pipeline" in vae_type:
+        def frames(n):  # the 1.2 VAE: 17-frame chunks -> 5 latent frames, a shorter last chunk ceil(n/4)
+            full, rest = divmod(n, 17)
+            return full * 5 + (rest + 3) // 4
+        return frames
+    return lambda n: n  # image VAEs keep one latent per frame
+
+
+def build_trainer(cfg: Config, runtime) -> Trainer:
+    check_config(cfg)
+    rank, world = runtime.rank_id, runtime.device_num
+    model = build_model(cfg)
+    scheduler = build_scheduler(cfg)
+    vae = build_vae(cfg)
+    loader = build_loader(cfg, rank, world, vae)
+    y_embedder = getattr(model, "y_embedder", None)
+    opts = TrainOptions(
+        output_dir=cfg.outputs, max_steps=cfg.max_steps, epochs=cfg.epochs, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
+        lr_schedule=cfg.lr_schedule, end_lr=cfg.end_lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas),
+        adam_eps=cfg.adam_eps, grad_clip=cfg.grad_clip, ema_decay=cfg.ema_decay if cfg.use_ema else None,
+        loss_scaler_type=cfg.loss_scaler_type, init_loss_scale=cfg.init_loss_scale,
+        loss_scale_factor=cfg.loss_scale_factor, scale_window=cfg.scale_window, zero_stage=cfg.zero_stage,
+        ckpt_every=cfg.ckpt_every, ckpt_max_keep=cfg.ckpt_max_keep, log_interval=cfg.log_every, seed=cfg.seed,
+        class_dropout_prob=float(getattr(y_embedder, "uncond_prob", 0.0) or 0.0), mask_ratios=cfg.mask_ratios,
+        progress_bar=cfg.progress_bar and runtime.rank_id == 0,
+        extra_meta={"config": cfg.config, "model": cfg.model.get("type")})
+    os.makedirs(cfg.outputs, exist_ok=True)
+    return Trainer(model, scheduler, loader, opts, vae=vae, rank=rank, world=world)

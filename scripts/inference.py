@@ -1,0 +1,44 @@
+"""Open-Sora sampling (1.0 / 1.1 / 1.2): text-to-video/image, image/video conditioning, loops.
+
+    python scripts/inference.py --config configs/opensora-v1-2/inference/sample_t2v.yaml \
+        --prompt "a beautiful waterfall" --num-frames 4s --resolution 240p --aspect-ratio 9:16
+    python scripts/inference.py --config configs/opensora/inference/stdit_256x256x16.yaml \
+        --ckpt_path models/OpenSora-v1-16x256x256.ckpt --prompt_path prompts.txt
+    python scripts/inference.py --config configs/tiny/inference/sample_t2v.yaml   # random tiny models, CPU
+
+See opensora/inference/options.py for every option (dash and underscore spellings both work).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("GLOG_v", "3")
+
+from opensora.config import ConfigError  # noqa: E402
+from opensora.inference.options import inference_schema  # noqa: E402
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = inference_schema().parse(argv)
+        from opensora.datasets.embedding_cache import CacheError
+        from opensora.inference.pipeline import InferencePipeline
+        from opensora.runtime import init_runtime
+        from opensora.utils.checkpoint import CheckpointError
+
+        init_runtime(cfg.device_target, mode=cfg.mode, jit_level=cfg.jit_level, seed=cfg.seed)
+        pipeline = InferencePipeline(cfg).load()
+        saved = pipeline.run()
+    except (ConfigError, FileNotFoundError, ValueError, KeyError) as err:  # CacheError/CheckpointError are ValueErrors
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"Inference finished: {len(saved)} sample(s) in {cfg.save_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""Train STDiT / STDiT2 / STDiT3 (Open-Sora 1.0 / 1.1 / 1.2).
+
+    python scripts/train.py --config configs/opensora/train/stdit_256x256x16.yaml \\
+        --csv_path video_caption.csv --video_folder videos --text_embed_folder t5_cache
+    msrun --worker_num=8 --local_worker_num=8 scripts/train.py --config ... --use_parallel True
+
+``--video_embed_folder`` replaces ``--video_folder`` to train on cached VAE latents; ``--resume``
+continues from the latest checkpoint in ``--outputs`` (or a given one). See ``--help`` for all keys.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from opensora.config import ConfigError  # noqa: E402
+from opensora.runtime import default_env, init_runtime  # noqa: E402
+from opensora.training.options import train_schema  # noqa: E402
+
+
+def main(argv=None) -> list[float]:
+    default_env()
+    cfg = train_schema().parse(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from opensora.training.setup import build_trainer, check_config
+
+    check_config(cfg)  # before any compile or data reading
+    runtime = init_runtime(cfg.device_target, cfg.mode, cfg.jit_level, cfg.seed, cfg.max_device_memory,
+                           distributed=cfg.use_parallel)
+    trainer = build_trainer(cfg, runtime)
+    if cfg.resume:
+        trainer.resume(cfg.resume)
+    return trainer.fit()
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,195 @@
+"""The training step machinery on a toy network: AdamW + clipping against torch, and under msrun
+(two CPU workers, mccl) data parallel and ZeRO-1 optimizer sharding against one process that sees
+both ranks' batches.
+
+This file is also the msrun worker: ``python tests/test_train_parallel.py toy_worker OUT`` (both
+zero stages in one launch, to pay the start-up once).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS, PER_RANK, WORLD = 4, 3, 2
+DIM_IN, HIDDEN, DIM_OUT = 7, 33, 5  # odd sizes: slices need padding
+
+
+def _batches(step: int, rank: int):
+    rng = np.random.default_rng([step, rank])
+    x = rng.standard_normal((PER_RANK, DIM_IN)).astype(np.float32)
+    y = rng.standard_normal((PER_RANK, DIM_OUT)).astype(np.float32)
+    return x, y
+
+
+def _init_weights():
+    rng = np.random.default_rng(123)
+    return {
+        "l1.weight": (rng.standard_normal((HIDDEN, DIM_IN)) * 0.3).astype(np.float32),
+        "l1.bias": (rng.standard_normal((HIDDEN,)) * 0.1).astype(np.float32),
+        "l2.weight": (rng.standard_normal((DIM_OUT, HIDDEN)) * 0.3).astype(np.float32),
+        "l2.bias": (rng.standard_normal((DIM_OUT,)) * 0.1).astype(np.float32),
+    }
+
+
+HPARAMS = dict(lr=3e-2, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.05)
+CLIP = 0.5
+
+
+def _build_toy():
+    import mindspore as ms
+    from mindspore import Parameter, Tensor, nn, ops
+
+    class Toy(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.w = _init_weights()
+            self.l1_weight = Parameter(Tensor(self.w["l1.weight"]), name="l1.weight")
+            self.l1_bias = Parameter(Tensor(self.w["l1.bias"]), name="l1.bias")
+            self.l2_weight = Parameter(Tensor(self.w["l2.weight"]), name="l2.weight")
+            self.l2_bias = Parameter(Tensor(self.w["l2.bias"]), name="l2.bias")
+
+        def construct(self, x, y):
+            h = ops.tanh(ops.matmul(x, self.l1_weight.T) + self.l1_bias)
+            out = ops.matmul(h, self.l2_weight.T) + self.l2_bias
+            return ((out - y) ** 2).mean()
+
+    return Toy()
+
+
+def train_toy(zero_stage: int, world: int, rank: int, batch_fn):
+    import mindspore as ms
+
+    from opensora.training.optimizer import AdamW
+    from opensora.training.train_step import TrainStep
+
+    net = _build_toy()
+    opt = AdamW(net.trainable_params(), shard=zero_stage == 1, world=world, rank=rank, **HPARAMS)
+    step = TrainStep(net, opt, clip_grad=CLIP, world=world)
+    losses = []
+    for i in range(STEPS):
+        x, y = batch_fn(i)
+        loss, finite, _, _ = step(ms.Tensor(HPARAMS["lr"], ms.float32), ms.Tensor(x), ms.Tensor(y))
+        assert bool(finite.asnumpy())
+        losses.append(float(loss.asnumpy()))
+    params = {p.name: p.asnumpy() for p in net.trainable_params()}
+    return params, losses, opt
+
+
+def _worker(out_dir: str) -> None:
+    import mindspore as ms
+
+    from benchmarks.common import rss_bytes
+    from opensora.runtime import init_runtime
+
+    rt = init_runtime("CPU", mode="graph", distributed=True, seed=0)
+    result = {"rank": rt.rank_id, "world": rt.device_num}
+    for zero in (0, 1):
+        params, losses, opt = train_toy(zero, rt.device_num, rt.rank_id, lambda i: _batches(i, rt.rank_id))
+        np.savez(os.path.join(out_dir, f"rank{rt.rank_id}_zero{zero}.npz"), **params)
+        result[f"zero{zero}"] = {"losses": losses, "optimizer_state_bytes": opt.state_bytes(),
+                                 "moment_shapes": [list(m.shape) for m in opt.moments_m]}
+    result["rss_bytes"] = rss_bytes()
+    with open(os.path.join(out_dir, f"rank{rt.rank_id}.json"), "w") as f:
+        json.dump(result, f)
+
+
+def _both_ranks(i):
+    xs, ys = zip(*(_batches(i, r) for r in range(WORLD)))
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def _torch_reference():
+    """torch.optim.AdamW + clip_grad_norm_ on the same toy and both ranks' batches together."""
+    import torch
+
+    w = {k: torch.tensor(v, requires_grad=True) for k, v in _init_weights().items()}
+    opt = torch.optim.AdamW(list(w.values()), **HPARAMS)
+    losses = []
+    for i in range(STEPS):
+        x, y = (torch.tensor(a) for a in _both_ranks(i))
+        h = torch.tanh(x @ w["l1.weight"].T + w["l1.bias"])
+        loss = ((h @ w["l2.weight"].T + w["l2.bias"] - y) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(list(w.values()), CLIP)
+        opt.step()
+        losses.append(float(loss))
+    return {k: v.detach().numpy() for k, v in w.items()}, losses
+
+
+def test_adamw_step_matches_torch_graph_and_pynative():
+    import mindspore as ms
+
+    ref, ref_losses = _torch_reference()
+    for mode in (ms.PYNATIVE_MODE, ms.GRAPH_MODE):
+        ms.set_context(mode=mode)
+        params, losses, _ = train_toy(0, 1, 0, _both_ranks)
+        for name, value in ref.items():
+            np.testing.assert_allclose(params[name], value, atol=2e-6, err_msg=name)
+        np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_msrun(args: list[str], log_dir: str, workers: int = 2, timeout: int = 300):
+    """Start ``msrun`` with ``workers`` local CPU workers; the venv's python first in PATH."""
+    env = dict(os.environ)
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("GLOG_v", "3")
+    msrun = os.path.join(os.path.dirname(sys.executable), "msrun")
+    cmd = [msrun, f"--worker_num={workers}", f"--local_worker_num={workers}", f"--master_port={_free_port()}",
+           "--join=True", f"--log_dir={log_dir}", *args]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        logs = ""
+        for name in sorted(os.listdir(log_dir)) if os.path.isdir(log_dir) else []:
+            with open(os.path.join(log_dir, name), errors="replace") as f:
+                logs += f"--- {name}\n" + f.read()[-3000:]
+        raise AssertionError(f"msrun failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}\n{logs}")
+    return proc
+
+
+@pytest.mark.msrun
+def test_msrun_data_parallel_and_zero1_match_single_process(tmp_path):
+    import mindspore as ms
+
+    start = time.time()
+    run_msrun([os.path.abspath(__file__), "toy_worker", str(tmp_path)], str(tmp_path / "logs"))
+    ms.set_context(mode=ms.GRAPH_MODE)
+    single, single_losses, single_opt = train_toy(0, 1, 0, _both_ranks)
+    ranks = [json.load(open(tmp_path / f"rank{r}.json")) for r in range(WORLD)]
+    for zero in (0, 1):
+        p0 = dict(np.load(tmp_path / f"rank0_zero{zero}.npz"))
+        p1 = dict(np.load(tmp_path / f"rank1_zero{zero}.npz"))
+        for name, value in single.items():
+            np.testing.assert_array_equal(p0[name], p1[name], err_msg=f"zero{zero}: ranks differ in {name}")
+            np.testing.assert_allclose(p0[name], value, atol=1e-6, err_msg=f"zero{zero} vs one process: {name}")
+        # the logged loss is the mean over ranks = the one-process loss on the global batch
+        np.testing.assert_allclose(ranks[0][f"zero{zero}"]["losses"], single_losses, rtol=1e-5)
+    full = single_opt.state_bytes()
+    for r in ranks:
+        assert r["zero0"]["optimizer_state_bytes"] == full
+        # each rank keeps ceil(numel / 2) elements of each moment: about half
+        assert r["zero1"]["optimizer_state_bytes"] <= full / 2 + 4 * 2 * 4 * 2
+        assert all(len(s) == 1 for s in r["zero1"]["moment_shapes"])
+    print(f"\nmsrun toy: optimizer state per rank zero0={full} B, zero1={ranks[0]['zero1']['optimizer_state_bytes']} B; "
+          f"rss rank0={ranks[0]['rss_bytes'] / 2**20:.0f} MiB; {time.time() - start:.1f}s")
+
+
+if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "toy_worker":
+    sys.path.insert(0, ROOT)
+    _worker(sys.argv[2])

@@ -1,0 +1,178 @@
+"""Convert VAE weights to a checked MindSpore ``.ckpt``.
+
+    python tools/convert_vae.py --source models/sd-vae-ft-ema --target models/sd-vae-ft-ema.ckpt
+    python tools/convert_vae.py --source v1-5-pruned-emaonly.ckpt --target models/sd-vae.ckpt   # LDM naming
+    python tools/convert_vae.py --source models/OpenSora-VAE-v1.2 --target models/OpenSora-VAE-v1.2.ckpt
+
+Sources (``--type auto`` tells them apart by their key names):
+- ``sd``: the SD / SDXL image VAE in diffusers naming (``diffusion_pytorch_model.safetensors`` / ``.bin``), or
+  in the original Stable Diffusion / LDM naming (a ``.ckpt`` / ``.pth``; a whole SD checkpoint's
+  ``first_stage_model.`` prefix is stripped and its other parts ignored). Output keys: diffusers names.
+- ``opensora-1.2``: ``hpcai-tech/OpenSora-VAE-v1.2`` (``model.safetensors`` or a ``.pth``): names unchanged.
+- ``temporal``: a ``VAE_Temporal_SD`` state dict alone.
+Names are mapped by name with the table below, never by position; every key and shape is checked
+against the MindSpore model (built without allocating weights) and nothing is written on any problem.
+
+LDM -> diffusers table (``{i}`` block, ``{j}`` layer; ``n`` = number of resolution levels):
+    encoder.down.{i}.block.{j}.*          encoder.down_blocks.{i}.resnets.{j}.*
+    encoder.down.{i}.downsample.conv.*    encoder.down_blocks.{i}.downsamplers.0.conv.*
+    decoder.up.{i}.block.{j}.*            decoder.up_blocks.{n-1-i}.resnets.{j}.*   (LDM counts up from the
+    decoder.up.{i}.upsample.conv.*        decoder.up_blocks.{n-1-i}.upsamplers.0.conv.*  lowest resolution)
+    {en,de}coder.mid.block_1.* / block_2.*   {en,de}coder.mid_block.resnets.0.* / resnets.1.*
+    {en,de}coder.mid.attn_1.norm.*        {en,de}coder.mid_block.attentions.0.group_norm.*
+    {en,de}coder.mid.attn_1.{q,k,v}.*     {en,de}coder.mid_block.attentions.0.to_{q,k,v}.*   weight (C,C,1,1) -> (C,C)
+    {en,de}coder.mid.attn_1.proj_out.*    {en,de}coder.mid_block.attentions.0.to_out.0.*    weight (C,C,1,1) -> (C,C)
+    {en,de}coder.norm_out.*               {en,de}coder.conv_norm_out.*
+    *.nin_shortcut.*                      *.conv_shortcut.*
+    conv_in, conv_out, quant_conv, post_quant_conv: unchanged; ``loss.*`` (training losses): dropped.
+Old diffusers (< 0.14) attention names: ``query``/``key``/``value``/``proj_attn`` -> ``to_q``/``to_k``/``to_v``/``to_out.0``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tools.torch_weights import convert, weight_file_shapes, weight_files  # noqa: E402
+
+from opensora.utils.checkpoint import CheckpointError, model_shapes  # noqa: E402
+
+LDM_PREFIX = "first_stage_model."
+_OLD_ATTN = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
+_LDM_ATTN = {"q": "to_q", "k": "to_k", "v": "to_v", "proj_out": "to_out.0", "norm": "group_norm"}
+
+
+def ldm_to_diffusers(name: str, num_levels: int) -> str | None:
+    """One LDM (original SD) VAE key -> its diffusers key; None for keys that are not VAE weights."""
+    if name.startswith("loss."):
+        return None
+    name = name.replace(".nin_shortcut.", ".conv_shortcut.")
+    m = re.match(r"encoder\.down\.(\d+)\.block\.(\d+)\.(.*)", name)
+    if m:
+        return f"encoder.down_blocks.{m[1]}.resnets.{m[2]}.{m[3]}"
+    m = re.match(r"encoder\.down\.(\d+)\.downsample\.conv\.(.*)", name)
+    if m:
+        return f"encoder.down_blocks.{m[1]}.downsamplers.0.conv.{m[2]}"
+    m = re.match(r"decoder\.up\.(\d+)\.block\.(\d+)\.(.*)", name)
+    if m:
+        return f"decoder.up_blocks.{num_levels - 1 - int(m[1])}.resnets.{m[2]}.{m[3]}"
+    m = re.match(r"decoder\.up\.(\d+)\.upsample\.conv\.(.*)", name)
+    if m:
+        return f"decoder.up_blocks.{num_levels - 1 - int(m[1])}.upsamplers.0.conv.{m[2]}"
+    m = re.match(r"(encoder|decoder)\.mid\.block_([12])\.(.*)", name)
+    if m:
+        return f"{m[1]}.mid_block.resnets.{int(m[2]) - 1}.{m[3]}"
+    m = re.match(r"(encoder|decoder)\.mid\.attn_1\.(q|k|v|proj_out|norm)\.(.*)", name)
+    if m:
+        return f"{m[1]}.mid_block.attentions.0.{_LDM_ATTN[m[2]]}.{m[3]}"
+    m = re.match(r"(encoder|decoder)\.norm_out\.(.*)", name)
+    if m:
+        return f"{m[1]}.conv_norm_out.{m[2]}"
+    return name
+
+
+def is_ldm_naming(names) -> bool:
+    return any(n.startswith(LDM_PREFIX) or ".down.0.block." in n or n.startswith("encoder.down.") for n in names)
+
+
+def detect_type(names) -> str:
+    names = list(names)
+    if any(n.startswith("temporal_vae.") for n in names):
+        return "opensora-1.2"
+    if any(n.startswith("encoder.conv_in.conv.") for n in names):
+        return "temporal"
+    return "sd"
+
+
+def make_renamer(kind: str, ldm: bool, num_levels: int):
+    """The rename function for tools.torch_weights.convert (one source tensor -> 0 or 1 pairs)."""
+    has_prefix = {"value": False}
+
+    def rename(name, array):
+        if ldm:
+            if name.startswith(LDM_PREFIX):
+                name = name[len(LDM_PREFIX):]
+            elif has_prefix["value"]:
+                return []
+            new = ldm_to_diffusers(name, num_levels)
+            if new is None:
+                return []
+            if ".attentions.0.to_" in new and new.endswith(".weight") and array.ndim == 4:
+                array = array.reshape(array.shape[0], array.shape[1])  # 1x1 conv -> linear
+            return [(new, array)]
+        if kind in ("sd", "opensora-1.2"):
+            parts = name.split(".")
+            if len(parts) >= 2 and parts[-2] in _OLD_ATTN and ".attentions." in name:
+                name = ".".join(parts[:-2] + [_OLD_ATTN[parts[-2]], parts[-1]])
+        return [(name, array)]
+
+    return rename, has_prefix
+
+
+def expected_model_shapes(kind: str, config=None, vae_2d_config=None) -> dict:
+    """Names and shapes of the MindSpore model, built without allocating its weights."""
+    from mindspore.nn.utils import no_init_parameters
+
+    from opensora.models.vae import AutoencoderKL, OpenSoraVAE_V1_2, VAE_Temporal_SD
+    from opensora.models.vae.loading import SD_VAE_CONFIG
+
+    with no_init_parameters():
+        if kind == "sd":
+            net = AutoencoderKL.from_config(config or SD_VAE_CONFIG)
+        elif kind == "temporal":
+            net = VAE_Temporal_SD()
+        else:
+            net = OpenSoraVAE_V1_2(vae_2d_config=vae_2d_config)
+    return model_shapes(net)
+
+
+def _default_config(source: str) -> str | None:
+    directory = source if os.path.isdir(source) else os.path.dirname(os.path.abspath(source))
+    path = os.path.join(directory, "config.json")
+    return path if os.path.isfile(path) else None
+
+
+def convert_vae(source: str, target: str, kind: str = "auto", config: str | None = None,
+                vae_2d_config: str | None = None, dtype: str | None = None):
+    files = weight_files(source)
+    names = [n for f in files for n in weight_file_shapes(f)]
+    if kind == "auto":
+        kind = detect_type(names)
+    ldm = kind == "sd" and is_ldm_naming(names)
+    if kind == "sd" and config is None:
+        config = _default_config(source)
+    expected = expected_model_shapes(kind, config=config, vae_2d_config=vae_2d_config)
+    num_levels = 1 + max((int(m[1]) for n in expected for m in [re.match(r"decoder\.up_blocks\.(\d+)\.", n)] if m),
+                         default=-1)
+    rename, state = make_renamer(kind, ldm, num_levels)
+    state["value"] = any(n.startswith(LDM_PREFIX) for n in names)  # a whole SD checkpoint: keep only the VAE
+    report = convert(files, target, expected, rename=rename, dtype=dtype)
+    return kind, ldm, report
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--source", "--src", required=True, help="weight file or Hugging Face-style directory")
+    parser.add_argument("--target", required=True, help="output .ckpt")
+    parser.add_argument("--type", default="auto", choices=["auto", "sd", "opensora-1.2", "temporal"])
+    parser.add_argument("--config", default=None,
+                        help="diffusers config.json of an SD/SDXL VAE (default: next to --source, else the SD VAE's)")
+    parser.add_argument("--vae_2d_config", "--vae-2d-config", default=None,
+                        help="1.2: SDXL VAE config.json or dir (default: the bundled SDXL VAE config)")
+    parser.add_argument("--dtype", default=None, choices=["float32", "fp32", "float16", "fp16", "bfloat16", "bf16"],
+                        help="cast floating weights (default: keep the source dtype)")
+    args = parser.parse_args(argv)
+    try:
+        kind, ldm, _ = convert_vae(args.source, args.target, args.type, args.config, args.vae_2d_config, args.dtype)
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"converted {args.source} ({kind}{', LDM naming' if ldm else ''}) -> {args.target}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
