@@ -30,6 +30,10 @@ def main(argv=None) -> int:
         from opensora.runtime import init_runtime
         from opensora.utils.checkpoint import CheckpointError
 
+        if cfg.write_prompts:
+            count = InferencePipeline(cfg).write_prompts(cfg.write_prompts)
+            print(f"wrote {count} prompt(s) to {cfg.write_prompts}")
+            return 0
         init_runtime(cfg.device_target, mode=cfg.mode, jit_level=cfg.jit_level, seed=cfg.seed)
         pipeline = InferencePipeline(cfg).load()
         saved = pipeline.run()

@@ -7,14 +7,14 @@ import pytest
 import mindspore as ms
 
 from opensora.utils.checkpoint import CheckpointError
-from tests.fixtures.tiny_t5 import _state_dict_like_official, build_torch_t5, make_tiny_t5_dir, write_weights
+from tests.fixtures.tiny_t5 import official_state_dict, build_torch_t5, make_tiny_t5_dir, write_weights
 from tools.convert_t5 import convert_t5, main
 
 
 @pytest.fixture(scope="module")
 def state():
     """The official-style state dict of the tiny model (torch tensors)."""
-    return _state_dict_like_official(build_torch_t5(seed=1))
+    return official_state_dict(build_torch_t5(seed=1))
 
 
 @pytest.fixture

@@ -20,11 +20,10 @@ import numpy as np
 
 from ..config import ConfigError
 from .embedding_cache import cache_file_for, read_text_embedding, read_video_latent, sample_latent
+from .video_io import is_image
 
 logger = logging.getLogger(__name__)
 
-VID_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif")
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 IMG_FPS = 120  # upstream's fps condition for images
 PATH_COLUMNS = ("path", "video")
 TEXT_COLUMNS = ("text", "caption")
@@ -63,10 +62,6 @@ def read_csv_table(csv_path: str, need_size_columns: bool = False):
     if len(table) == 0:
         raise ConfigError(f"{csv_path}: the csv has no rows")
     return table
-
-
-def is_image(path: str) -> bool:
-    return os.path.splitext(path)[1].lower() in IMG_EXTENSIONS
 
 
 def temporal_random_crop(total: int, num_frames: int, frame_interval: int, rng: np.random.Generator) -> np.ndarray:
@@ -115,20 +110,17 @@ class VideoTextDataset:
         return rel if os.path.isabs(rel) else os.path.join(self.video_folder, rel)
 
     def _frames(self, index: int, num_frames: int, height: int, width: int, rng):
-        from .frames import read_clip
+        from .frames import read_clip, transform_clip
 
         path = self._abs(self.paths[index])
-        if not os.path.isfile(path):
-            raise SampleError(f"file not found: {path}")
         if is_image(path):
-            frames, fps = read_clip(path, None), IMG_FPS
-            if self.repeat_images and num_frames > 1:
-                frames = np.repeat(frames, num_frames, axis=0)
+            frames, _ = read_clip(path, None)
+            fps = IMG_FPS
+            if self.repeat_images and num_frames > 1:  # fixed-size training: an image is a still video
+                frames = np.repeat(frames[:1], num_frames, axis=0)
         else:
             frames, fps = read_clip(path, lambda total: temporal_random_crop(total, num_frames, self.frame_interval, rng))
             fps = fps / self.frame_interval
-        from .frames import transform_clip
-
         return transform_clip(frames, self.transform_name, (height, width)), fps
 
     def _latent(self, index: int, latent_frames: int | None, rng):

@@ -28,7 +28,7 @@ OPTIONS = [
     Option("num_frames", _str_or_int, 51, "frames: a count, or 2s/4s/8s/16s (51/102/204/408), 1x/2x/..."),
     Option("resolution", optional(str), None, "preset: 144p, 240p, 360p, 480p, 720p, ..."),
     Option("aspect_ratio", optional(str), None, "H:W, e.g. 9:16 (240p -> 240x426)"),
-    Option("image_size", int, None, "explicit height width (overrides resolution/aspect_ratio)", nargs="+"),
+    Option("image_size", optional(int), None, "explicit height width (overrides resolution/aspect_ratio; null: use them)", nargs="+"),
     Option("fps", int, 24, "conditioning fps (images use 120)"),
     Option("frame_interval", int, 1, "save_fps defaults to fps // frame_interval"),
     Option("save_fps", optional(int), None, "fps written to the mp4"),
@@ -55,6 +55,8 @@ OPTIONS = [
     Option("save_latent", str2bool, False, "also write each sample's latent to save_dir/latents/"),
     Option("no_vae_decode", str2bool, False, "do not load the VAE; write latents only (three-stage pipeline)"),
     Option("text_embed_folder", optional(str), None, "read T5 embeddings {index:04d}.npz from here; T5 not loaded"),
+    Option("write_prompts", optional(str), None, "write the prompts with score suffixes (one per line) to this "
+                                                 "file and exit: stage 1 of the three-stage pipeline encodes them"),
     Option("verbose", int, 1, "1: progress over prompts; 2: also over sampling steps"),
     # models
     Option("model", is_dict=True, default=None, help="diffusion model config {type: STDiT3-XL/2, ...}"),

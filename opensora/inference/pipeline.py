@@ -24,7 +24,7 @@ from ..config import ConfigError
 from ..datasets.embedding_cache import read_text_embedding, write_video_latent
 from ..schedulers.guidance import TextCondition
 from . import components
-from .mask_strategy import apply_mask_strategy, latent_to_pixel_frames, loop_condition
+from .mask_strategy import apply_mask_strategy, parse_mask_strategy, latent_to_pixel_frames, loop_condition
 from .output import finished, save_path_name, save_sample
 from .presets import model_size_args, resolve_image_size, resolve_num_frames, resolve_save_fps
 from .prompts import extract_json_from_prompts, load_prompts, process_prompt, prompt_for_loop
@@ -173,6 +173,21 @@ class InferencePipeline:
         null = ms.ops.tile(null.astype(ms.float32).expand_dims(0), (b, 1, 1)).expand_dims(1)
         return TextCondition(y, mask, null)
 
+    def write_prompts(self, path: str) -> int:
+        """Stage 1 of the three-stage pipeline: the prompts as T5 must see them, before cleaning
+        (infer_t5.py cleans prompts itself), one per line in prompt order."""
+        from .prompts import extract_json_from_prompts
+
+        texts, _, _ = extract_json_from_prompts(self.prompts, [""] * len(self.prompts), [""] * len(self.prompts))
+        c = self.cfg
+        lines = [process_prompt(t, None, c.aes, c.flow, c.camera_motion) for t in texts]
+        if any("\n" in line for line in lines):
+            raise ConfigError("prompts must be single lines")
+        os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("".join(line + "\n" for line in lines))
+        return len(lines)
+
     # ------------------------------------------------------------------ references
     def encode_references(self, paths: list[str]) -> list:
         refs = []
@@ -214,6 +229,8 @@ class InferencePipeline:
         cfg = self.cfg
         texts, refs_text, masks_text = extract_json_from_prompts(raw_prompts, refs_text, masks_text)
         indices = [cfg.start_index + start + j for j in range(len(texts))]
+        for text in masks_text:  # malformed strategies fail before any reference is read
+            parse_mask_strategy(text)
         refs = [self.encode_references(split_references(r)) if split_references(r) else [] for r in refs_text]
         saved = []
         for k in range(cfg.num_sample):

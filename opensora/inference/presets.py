@@ -18,6 +18,8 @@ MULTI_RESOLUTION_TYPES = (None, "STDiT2", "OpenSora")
 
 def resolve_image_size(image_size=None, resolution=None, aspect_ratio=None) -> tuple[int, int]:
     """(height, width): ``image_size`` if given, else the preset table entry."""
+    if image_size is not None and None in list(image_size):
+        image_size = None  # "--image-size null" clears a config's explicit size
     if image_size is not None:
         if len(image_size) != 2 or any(int(v) <= 0 for v in image_size):
             raise ConfigError(f"image_size must be two positive integers (height width), got {image_size}")

@@ -121,6 +121,9 @@ def _latent_frames_fn(cfg: Config):
 def build_trainer(cfg: Config, runtime) -> Trainer:
     check_config(cfg)
     rank, world = runtime.rank_id, runtime.device_num
+    from ..runtime import set_seed
+
+    set_seed(cfg.seed)  # the model's initial weights are the same on every rank and every run
     model = build_model(cfg)
     scheduler = build_scheduler(cfg)
     vae = build_vae(cfg)

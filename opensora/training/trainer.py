@@ -56,6 +56,25 @@ class TrainOptions:
     extra_meta: dict = field(default_factory=dict)
 
 
+class _OnceFilter(logging.Filter):
+    """Let each distinct warning through once (the scheduler warns on every short-clip timestep draw)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, record.getMessage())
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
+
+_ONCE = _OnceFilter()
+logging.getLogger("opensora.schedulers.rectified_flow").addFilter(_ONCE)
+
+
 def _barrier() -> None:
     from mindspore import mint
 

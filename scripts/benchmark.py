@@ -1,0 +1,42 @@
+"""Benchmarks: a thin dispatcher over benchmarks/*.py.
+
+    python scripts/benchmark.py sample --config configs/tiny/inference/sample_t2v.yaml \
+        --warmup-count 1 --eval-count 2 --benchmark-save-path outputs/bench_sample.json
+    python scripts/benchmark.py vae|stdit|train ...   (see each module's docstring)
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("GLOG_v", "3")
+
+KINDS = ("sample", "vae", "stdit", "train")
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in KINDS:
+        print(f"usage: scripts/benchmark.py {{{'|'.join(KINDS)}}} [options]   (--help after the kind for its options)",
+              file=sys.stderr)
+        return 2
+    kind, rest = argv[0], argv[1:]
+    try:
+        module = importlib.import_module(f"benchmarks.{kind}")
+    except ModuleNotFoundError as err:
+        print(f"error: benchmarks/{kind}.py is not available ({err})", file=sys.stderr)
+        return 1
+    from opensora.config import ConfigError
+
+    try:
+        module.run(rest)
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""End to end on the tiny random-weight 1.2 config (PyNative, 2 steps, 32x32): t2v, t2i, i2v, loop
+extension, the three-stage split equal to the one-process run, determinism, and bad input."""
+import importlib.util
+import os
+
+import imageio
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(ROOT, "configs/tiny/inference/sample_t2v.yaml")
+
+
+def _script(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "scripts", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    weights = str(tmp_path_factory.mktemp("weights"))
+    inference = _script("inference")
+
+    def call(*args, frames=17):
+        return inference.main(["--config", CONFIG, "--mode", "pynative", "--image_size", "32", "32",
+                               "--num_frames", str(frames), "--num_sampling_steps", "2", "--verbose", "0",
+                               "--random_weights_dir", weights, *args])
+
+    call.weights = weights
+    return call
+
+
+def frames_of(path):
+    with imageio.get_reader(path) as reader:
+        return reader.count_frames()
+
+
+def test_t2v_deterministic_and_latent_saved(run, tmp_path):
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    assert run("--prompt", "a cat walks along the river.", "--save_dir", a, "--save_latent", "true") == 0
+    assert run("--prompt", "a cat walks along the river.", "--save_dir", b, "--save_latent", "true") == 0
+    assert frames_of(os.path.join(a, "sample_0000.mp4")) == 17
+    from opensora.datasets.embedding_cache import read_video_latent
+
+    la = read_video_latent(os.path.join(a, "latents", "sample_0000.npz"))["latent_mean"]
+    lb = read_video_latent(os.path.join(b, "latents", "sample_0000.npz"))["latent_mean"]
+    assert la.shape == (4, 5, 4, 4)
+    np.testing.assert_array_equal(la, lb)
+
+
+def test_three_stage_latents_equal_one_process(run, tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a cat walks along the river.\na red car drives through a quiet street at night.\n")
+    one, three = str(tmp_path / "one"), str(tmp_path / "three")
+    assert run("--prompt_path", str(prompts), "--save_dir", one, "--save_latent", "true") == 0
+    # stage 1: scored prompts -> T5 cache (infer_t5.py cleans them, as the one-process run does)
+    assert run("--prompt_path", str(prompts), "--write_prompts", str(tmp_path / "scored.txt")) == 0
+    from opensora.inference.components import text_encoder_cfg
+    from opensora.inference.options import inference_schema
+
+    cfg = inference_schema().parse(["--config", CONFIG])
+    t5_dir = text_encoder_cfg(cfg.text_encoder, run.weights)["from_pretrained"]
+    assert _script("infer_t5").main(["--t5_model_dir", t5_dir, "--model_max_length", "16", "--mode", "pynative",
+                                     "--prompt_path", str(tmp_path / "scored.txt"),
+                                     "--output_dir", str(tmp_path / "t5")]) == 0
+    # stage 2: no T5, no VAE
+    assert run("--prompt_path", str(prompts), "--save_dir", three, "--text_embed_folder", str(tmp_path / "t5"),
+               "--no_vae_decode", "true") == 0
+    assert not os.path.exists(os.path.join(three, "sample_0000.mp4"))
+    from opensora.datasets.embedding_cache import read_video_latent
+
+    for name in ("sample_0000", "sample_0001"):
+        l1 = read_video_latent(os.path.join(one, "latents", name + ".npz"))["latent_mean"]
+        l3 = read_video_latent(os.path.join(three, "latents", name + ".npz"))["latent_mean"]
+        np.testing.assert_allclose(l3, l1, rtol=0, atol=1e-5)
+
+
+def test_t2i_png(run, tmp_path):
+    out = str(tmp_path / "img")
+    assert run("--prompt", "a cat", "--save_dir", out, frames=1) == 0
+    from PIL import Image
+
+    with Image.open(os.path.join(out, "sample_0000.png")) as img:
+        assert img.size == (32, 32)
+
+
+def test_i2v_and_loop_extension(run, tmp_path):
+    from PIL import Image
+
+    ref = tmp_path / "ref.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(ref)
+    out = str(tmp_path / "i2v")
+    prompt = 'a cat{"reference_path": "%s", "mask_strategy": "0"}' % ref
+    assert run("--prompt", prompt, "--save_dir", out, "--sample_name", "i2v") == 0
+    assert frames_of(os.path.join(out, "i2v_0000.mp4")) == 17
+    # two loops of 34 frames, 5 latent (17 pixel) condition frames: 34 + 17 = 51 frames
+    assert run("--prompt", "|0|a cat|1|a dog", "--save_dir", out, "--sample_name", "loop", "--loop", "2",
+               frames=34) == 0
+    assert frames_of(os.path.join(out, "loop_0000.mp4")) == 51
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--prompt", "x", "--resolution", "999p", "--aspect_ratio", "9:16", "--image_size", "null"], "unknown resolution"),
+    (["--prompt", "x", "--mask_strategy", "0,a", "--reference_path", "r.png"], "mask strategy group"),
+    (["--prompt", 'x{"reference_path": "a.png"'], "JSON"),
+    (["--prompt", "x", "--reference_path", "/nonexistent/ref.png"], "reference file not found"),
+    (["--prompt", "x", "--reference_path", "https://example.com/a.png"], "is a URL"),
+    (["--prompt", "x", "--ckpt_path", "/nonexistent/model.ckpt"], "model weights not found"),
+    (["--prompt_path", "null"], "no prompt given"),
+])
+def test_bad_input_is_a_clear_error(run, tmp_path, capsys, args, message):
+    assert run("--save_dir", str(tmp_path), *args) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_finished_files_are_kept_on_error(run, tmp_path, capsys):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text('a cat\na dog{"mask_strategy": "0,0,0,0,1,7"}\n')
+    out = tmp_path / "out"
+    assert run("--prompt_path", str(prompts), "--save_dir", str(out), frames=1) == 1
+    assert "edit_ratio" in capsys.readouterr().err
+    assert (out / "sample_0000.png").is_file()
