@@ -137,9 +137,10 @@ def _stage_commands(cfg, argv, out):
                 "--output_dir", os.path.join(out, "text_embed")]),
         ("sample", [py, "scripts/inference.py", *common, "--save_dir", out, "--text_embed_folder",
                     os.path.join(out, "text_embed"), "--no_vae_decode", "true", "--verbose", "0"]),
-        ("vae_decode", [py, "scripts/infer_vae_decode.py", "--config", cfg.config, "--latent_dir",
-                        os.path.join(out, "latents"), "--save_dir", out, "--vae.from_pretrained",
-                        str(vae["from_pretrained"])]),
+        ("vae_decode", [py, "scripts/infer_vae_decode.py", "--latent_path", os.path.join(out, "latents"),
+                        "--output_dir", out, "--vae_type",
+                        "sd" if vae["type"] == "VideoAutoencoderKL" else "opensora-1.2",
+                        "--vae_checkpoint", str(vae["from_pretrained"])]),
     ]
 
 

@@ -30,6 +30,11 @@ vae = vae_cfg(cfg.vae, cfg.random_weights_dir)
 print(f"T5_DIR={shlex.quote(str(t5['from_pretrained']))}")
 print(f"T5_LEN={int(t5.get('model_max_length', 120))}")
 print(f"VAE_WEIGHTS={shlex.quote(str(vae['from_pretrained']))}")
+print("VAE_TYPE=" + ("sd" if vae["type"] == "VideoAutoencoderKL" else "opensora-1.2"))
+print(f"VAE_MICRO_BATCH={int(vae.get('micro_batch_size') or 4)}")
+if vae.get("temporal_kwargs") or vae.get("vae_2d_config"):
+    print("echo 'error: infer_vae_decode.py builds the standard VAE architectures only; this config has a custom "
+          "(tiny) VAE' >&2; exit 1")
 PY
 )"
 
@@ -43,6 +48,6 @@ python scripts/inference.py --config "$CONFIG" --prompt-path "$PROMPTS" --save-d
     --text_embed_folder "$OUT/text_embed" --no_vae_decode true "$@"
 
 echo "== stage 3: decode ($VAE_WEIGHTS)"
-python scripts/infer_vae_decode.py --config "$CONFIG" --latent_dir "$OUT/latents" --save_dir "$OUT" \
-    --vae.from_pretrained "$VAE_WEIGHTS"
+python scripts/infer_vae_decode.py --latent_path "$OUT/latents" --output_dir "$OUT" \
+    --vae_type "$VAE_TYPE" --vae_checkpoint "$VAE_WEIGHTS" --vae_micro_batch_size "$VAE_MICRO_BATCH"
 echo "videos in $OUT"

@@ -194,3 +194,27 @@ def test_learning_rate_warmup_and_decay():
     assert learning_rate(10 ** 6, 1e-3) == 1e-3
     assert learning_rate(100, 1e-3, 0, "cosine", 100) == pytest.approx(0.0)
     assert learning_rate(50, 1e-3, 0, "cosine", 100) == pytest.approx(5e-4)
+
+
+def test_shipped_train_configs_parse_and_their_buckets_and_masks_build():
+    import glob
+
+    from opensora.training.options import train_schema
+    from opensora.training.setup import TRAIN_SCHEDULER_DEFAULTS
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    paths = sorted(glob.glob(os.path.join(root, "configs/opensora*/train/*.yaml")))
+    names = {os.path.relpath(p, root) for p in paths}
+    for expected in ("configs/opensora/train/stdit_256x256x16.yaml", "configs/opensora/train/stdit_512x512x64_ms.yaml",
+                     "configs/opensora-v1-1/train/stage3.yaml", "configs/opensora-v1-2/train/stage1.yaml"):
+        assert expected in names
+    for path in paths + glob.glob(os.path.join(root, "configs/tiny/train_*.yaml")):
+        cfg = train_schema().parse(["--config", path])
+        assert cfg.model["type"] in ("STDiT-XL/2", "STDiT2-XL/2", "STDiT3-XL/2"), path
+        assert cfg.scheduler["type"] in TRAIN_SCHEDULER_DEFAULTS, path
+        if cfg.bucket_config:
+            assert len(Bucket(cfg.bucket_config)) > 0
+        if cfg.mask_ratios:
+            assert 0.0 <= MaskGenerator(cfg.mask_ratios).mask_ratios["identity"] < 1.0
+    v12 = train_schema().parse(["--config", os.path.join(root, "configs/opensora-v1-2/train/stage1.yaml")])
+    assert v12.bucket_config["144p"][102] == [[1.0, 0.33], 27] and v12.adam_eps == 1e-15

@@ -27,14 +27,47 @@ def trainer_for(argv):
     return build_trainer(cfg, Runtime("CPU", "graph", "O0"))
 
 
-@pytest.fixture(scope="module")
-def cached_data(tmp_path_factory):
-    from tests.test_train_data import write_cached_dataset
+def _frames(t, h, w, seed):
+    """Smooth moving colour gradients (survive H.264; a pattern a tiny model can learn)."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    return np.asarray([np.stack([(xx * 4 + 12 * i + 60 * seed) % 256, (yy * 4 + 30 * seed) % 256,
+                                 np.full_like(xx, (20 * i + 70 * seed) % 256)], -1) for i in range(t)], np.uint8)
 
-    root = str(tmp_path_factory.mktemp("cached"))
-    csv = write_cached_dataset(root, n=4, latent_shape=(4, 4, 8, 8), seed=1)
-    return ["--csv_path", csv, "--text_embed_folder", os.path.join(root, "t5"),
-            "--video_embed_folder", os.path.join(root, "lat")]
+
+@pytest.fixture(scope="module")
+def made_data(tmp_path_factory):
+    """A few small mp4 files, a broken one and a missing one, captions, and both caches made by the
+    caching scripts (scripts/infer_t5.py with a tiny T5, scripts/infer_vae.py with a tiny SD VAE)."""
+    import sys
+
+    from opensora.datasets.video_io import save_video
+    from tests.fixtures.tiny_t5 import make_tiny_t5_dir
+    from tests.fixtures.tiny_vae import make_sd_vae_dir
+
+    root = tmp_path_factory.mktemp("train_data")
+    rows = ["path,text"]
+    for i in range(4):
+        save_video(_frames(10, 64, 64, i), str(root / "videos" / "part0" / f"clip{i}.mp4"), fps=24)
+        rows.append(f"part0/clip{i}.mp4,a colourful pattern number {i} moving")
+    (root / "videos" / "part0" / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(300))
+    rows += ["part0/broken.mp4,a broken file", "part0/missing.mp4,a missing file"]
+    (root / "data.csv").write_text("\n".join(rows) + "\n")
+    t5_dir = make_tiny_t5_dir(str(root / "t5-tiny"))
+    vae_dir = make_sd_vae_dir(root / "sd-vae-tiny")
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    import infer_t5
+    import infer_vae
+
+    assert infer_t5.main(["--csv_path", str(root / "data.csv"), "--t5_model_dir", t5_dir, "--output_dir",
+                          str(root / "t5_cache"), "--model_max_length", "8", "--mode", "pynative"]) in (0, None)
+    infer_vae.main(["--csv_path", str(root / "data.csv"), "--video_folder", str(root / "videos"), "--output_dir",
+                    str(root / "vae_cache"), "--vae_type", "sd", "--vae_checkpoint", vae_dir, "--image_size", "64",
+                    "--mode", "pynative"])
+    assert os.path.isfile(root / "vae_cache" / "part0" / "clip0.npz")
+    data = ["--csv_path", str(root / "data.csv"), "--text_embed_folder", str(root / "t5_cache"),
+            "--model.caption_channels", "32"]
+    return {"cached": [*data, "--video_embed_folder", str(root / "vae_cache")],
+            "raw": [*data, "--video_folder", str(root / "videos"), "--vae.from_pretrained", vae_dir]}
 
 
 def _state(trainer):
@@ -44,9 +77,9 @@ def _state(trainer):
     return params, opt, ema
 
 
-def test_cached_latents_loss_falls_and_resume_is_exact(cached_data, tmp_path):
+def test_cached_latents_loss_falls_and_resume_is_exact(made_data, tmp_path):
     steps, stop = 30, 12
-    common = [*cached_data, "--max_steps", str(steps), "--ckpt_every", str(stop), "--lr", "3e-3",
+    common = [*made_data["cached"], "--max_steps", str(steps), "--ckpt_every", str(stop), "--lr", "3e-3",
               "--batch_size", "2", "--seed", "5", "--ckpt_max_keep", "5"]
     full = trainer_for([*common, "--outputs", str(tmp_path / "full")])
     losses = full.fit()
@@ -95,5 +128,18 @@ def _tiny_model_kwargs():
     with open(TINY_CONFIG) as f:
         kw = dict(yaml.safe_load(f)["model"])
     kw.pop("type")
-    kw.update(depth=1, hidden_size=32, num_heads=2)
+    kw.update(depth=1, hidden_size=32, num_heads=2, caption_channels=32)
     return kw
+
+
+def test_raw_videos_loss_falls_and_bad_videos_are_replaced(made_data, tmp_path, caplog):
+    trainer = trainer_for([*made_data["raw"], "--max_steps", "24", "--ckpt_every", "100", "--lr", "3e-3",
+                           "--batch_size", "2", "--outputs", str(tmp_path / "raw")])
+    losses = trainer.fit()
+    first, last = np.mean(losses[:5]), np.mean(losses[-8:])
+    print(f"\nraw videos: loss first 5 steps {first:.3f}, last 8 steps {last:.3f}")
+    assert last < 0.7 * first, f"loss did not fall clearly: {losses}"
+    failures = trainer.loader.dataset.failures
+    assert set(failures) == {"part0/broken.mp4", "part0/missing.mp4"}, failures
+    assert "part0/broken.mp4" in caplog.text and "cannot decode" in caplog.text
+    assert "file not found" in caplog.text

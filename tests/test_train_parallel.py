@@ -193,3 +193,36 @@ def test_msrun_data_parallel_and_zero1_match_single_process(tmp_path):
 if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "toy_worker":
     sys.path.insert(0, ROOT)
     _worker(sys.argv[2])
+
+
+def test_dynamic_loss_scale_skips_overflow_and_grows_back():
+    import mindspore as ms
+
+    from opensora.training.loss_scaler import LossScaler
+    from opensora.training.optimizer import AdamW
+    from opensora.training.train_step import TrainStep
+
+    net = _build_toy()
+    opt = AdamW(net.trainable_params(), **HPARAMS)
+    scaler = LossScaler("dynamic", scale_value=2.0 ** 127, scale_factor=2.0, scale_window=2)  # overflows
+    step = TrainStep(net, opt, scaler, clip_grad=CLIP)
+    before = {p.name: p.asnumpy().copy() for p in net.trainable_params()}
+    lr = ms.Tensor(HPARAMS["lr"], ms.float32)
+    scales, finite = [], []
+    for i in range(8):
+        x, y = _batches(i, 0)
+        loss, ok, scale, _ = step(lr, ms.Tensor(x * 50), ms.Tensor(y * 50))  # large gradients: scaled, they overflow
+        scales.append(float(scale.asnumpy()))
+        finite.append(bool(ok.asnumpy()))
+        if finite[-1]:
+            assert np.isfinite(float(loss.asnumpy()))  # the reported loss is unscaled
+        else:
+            for p in net.trainable_params():  # a skipped step changes nothing
+                np.testing.assert_array_equal(p.asnumpy(), before[p.name])
+        before = {p.name: p.asnumpy().copy() for p in net.trainable_params()}
+    assert finite[0] is False and all(finite[-3:])
+    first_ok = finite.index(True)
+    # halved on every overflow, doubled after `scale_window` finite steps
+    assert first_ok >= 1 and scales[: first_ok + 1] == [2.0 ** (127 - k) for k in range(first_ok + 1)]
+    assert scales[first_ok + 2] == scales[first_ok] * 2
+    assert int(opt.step.asnumpy()) == finite.count(True)

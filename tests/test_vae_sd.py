@@ -50,6 +50,7 @@ def _compare(vae: AutoencoderKL, torch_vae):
              np.abs(out.asnumpy() - ref_out).max()]
     assert mean.shape == ref_mean.shape and out.shape == ref_out.shape
     assert max(diffs) <= TOL, f"max abs diff mean/std/decoded: {diffs}"
+    print(f"max abs diff vs diffusers: mean {diffs[0]:.2e} std {diffs[1]:.2e} decoded {diffs[2]:.2e}")
     return diffs
 
 

@@ -147,6 +147,9 @@ def test_temporal_vae_matches_reference(temporal, frames):
         ref_decoded = ref_temporal_decode(ref_mean, sd, TINY_TEMPORAL_KWARGS, frames)
     assert decoded.shape == ref_decoded.shape == (1, 4, frames, 4, 6)
     assert np.abs(decoded.asnumpy() - ref_decoded.numpy()).max() <= TOL
+    print(f"temporal T={frames}: mean {np.abs(mean.asnumpy() - ref_mean.numpy()).max():.2e} "
+          f"std {np.abs(std.asnumpy() - ref_std.numpy()).max():.2e} "
+          f"decoded {np.abs(decoded.asnumpy() - ref_decoded.numpy()).max():.2e}")
 
 
 def test_causal_padding_never_looks_ahead():
@@ -213,6 +216,9 @@ def test_pipeline_matches_reference(v12_dir, micro_frame_size, frames, micro_bat
         ref_decoded = ref.decode(ref_mean, frames)
     assert decoded.shape == ref_decoded.shape == (1, 3, frames, size, size)
     assert np.abs(decoded.asnumpy() - ref_decoded.numpy()).max() <= TOL
+    print(f"pipeline mfs={micro_frame_size} T={frames}: mean {np.abs(mean.asnumpy() - ref_mean.numpy()).max():.2e} "
+          f"std {np.abs(std.asnumpy() - ref_std.numpy()).max():.2e} "
+          f"decoded {np.abs(decoded.asnumpy() - ref_decoded.numpy()).max():.2e}")
     if frames == 17 and micro_frame_size == 17:
         z = vae.encode(ms.Tensor(x)).asnumpy()  # a sample of the same posterior
         assert z.shape == mean.shape and np.all(np.abs(z - mean.asnumpy()) <= 6 * std.asnumpy() + 1e-5)
@@ -246,3 +252,47 @@ def test_graph_mode_equals_pynative(temporal):
     dec_g = temporal.decode(mean_py, num_frames=9)
     for a, b in ((mean_py, mean_g), (std_py, std_g), (dec_py, dec_g)):
         np.testing.assert_allclose(a.asnumpy(), b.asnumpy(), atol=1e-5, rtol=1e-5)
+
+
+def test_parts_load_from_the_pipeline_checkpoint(v12_dir):
+    """The temporal VAE alone and the 2D VAE alone load their part of a 1.2 checkpoint by name."""
+    from opensora.models.vae import VideoAutoencoderKL
+    from opensora.models.vae.loading import load_vae_weights
+    from opensora.utils.checkpoint import CheckpointError
+
+    full = VAES.build({"type": "OpenSoraVAE_V1_2", "from_pretrained": v12_dir})
+    part = VAE_Temporal(**TINY_TEMPORAL_KWARGS)
+    load_vae_weights(part, v12_dir)
+    np.testing.assert_array_equal(part.decoder.conv_out.conv.weight.asnumpy(),
+                                  full.temporal_vae.decoder.conv_out.conv.weight.asnumpy())
+    spatial = VideoAutoencoderKL(config=TINY_SD_CONFIG)
+    load_vae_weights(spatial, v12_dir)
+    np.testing.assert_array_equal(spatial.module.decoder.conv_out.weight.asnumpy(),
+                                  full.spatial_vae.module.decoder.conv_out.weight.asnumpy())
+    wrong = VAE_Temporal(**dict(TINY_TEMPORAL_KWARGS, filters=16))
+    with pytest.raises(CheckpointError, match="different shape"):
+        load_vae_weights(wrong, v12_dir)
+
+
+def test_decode_is_chunked(v12_dir, monkeypatch):
+    """Decoding 15 latent frames (51 pixel frames) never hands more than one 5-frame chunk to the
+    temporal VAE nor more than micro_batch_size (16) frames to the image VAE (bounded activations)."""
+    vae = VAES.build({"type": "OpenSoraVAE_V1_2", "from_pretrained": v12_dir, "micro_batch_size": 16})
+    seen_t, seen_2d = [], []
+    temporal_decode, image_decode = vae.temporal_vae.decode, vae.spatial_vae.module.decode
+
+    def spy_temporal(z, num_frames=None):
+        seen_t.append((z.shape[2], num_frames))
+        return temporal_decode(z, num_frames=num_frames)
+
+    def spy_image(z):
+        seen_2d.append(z.shape[0])
+        return image_decode(z)
+
+    monkeypatch.setattr(vae.temporal_vae, "decode", spy_temporal)
+    monkeypatch.setattr(vae.spatial_vae.module, "decode", spy_image)
+    z = ms.Tensor(np.random.default_rng(0).standard_normal((1, 4, 15, 1, 1)).astype(np.float32))
+    out = vae.decode(z, num_frames=51)
+    assert out.shape == (1, 3, 51, 8, 8)
+    assert seen_t == [(5, 17), (5, 17), (5, 17)]
+    assert seen_2d == [16, 16, 16, 3]

@@ -1,4 +1,4 @@
-"""Convert the T5-v1.1-XXL encoder (``DeepFloyd/t5-v1_1-xxl``) to a MindSpore ``.ckpt``.
+"""Convert the T5-v1.1-XXL encoder (``DeepFloyd/t5-v1_1-xxl``) to a MindSpore ``.ckpt`` (or ``.safetensors``).
 
     python tools/convert_t5.py --src pretrained_models/t5-v1_1-xxl --target pretrained_models/t5-v1_1-xxl/model.ckpt
     python tools/convert_t5.py --src shard1.bin shard2.bin --config config.json --target t5.ckpt --dtype float16
@@ -11,6 +11,11 @@ the tied copy of ``shared.weight`` (kept once, checked equal), ``decoder.*``/``l
 dropped as ``T5EncoderModel`` does; everything else is kept unchanged. Missing, unexpected or
 mis-shaped keys are all listed and nothing is written. Files are read one tensor at a time and
 written incrementally, so peak memory stays about one tensor above the OS file cache.
+
+Which target: MindSpore parses a ``.ckpt`` whole and refuses one larger than the free memory, so the
+full encoder as ``model.ckpt`` (19 GB in float32, 9.5 GB in float16) needs that much free RAM on top
+of the model; a ``.safetensors`` target (``--target <dir>/model.safetensors``) is read lazily. When
+the official directory already has ``.safetensors`` shards, no conversion is needed at all.
 """
 from __future__ import annotations
 
@@ -99,7 +104,7 @@ def convert_t5(sources: list[str], target: str, dtype: str | None = None, config
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--src", nargs="+", required=True, help="Hugging Face T5 directory or weight files")
-    parser.add_argument("--target", required=True, help="output .ckpt (e.g. <dir>/model.ckpt)")
+    parser.add_argument("--target", required=True, help="output .ckpt or .safetensors (e.g. <dir>/model.ckpt)")
     parser.add_argument("--dtype", default=None, choices=sorted(DTYPES), help="cast floats (default: keep)")
     parser.add_argument("--config", default=None, help="config.json (default: the one in the source directory)")
     args = parser.parse_args(argv)

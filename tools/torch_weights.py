@@ -159,6 +159,66 @@ def write_ckpt_tensor(f, name: str, array: np.ndarray) -> None:
         f.write(message.SerializeToString())
 
 
+class CkptWriter:
+    """Appends tensors to a MindSpore ``.ckpt``."""
+
+    def __init__(self, f, expected_shapes: Mapping[str, tuple]):
+        self.f = f
+
+    def write(self, name: str, array: np.ndarray) -> None:
+        write_ckpt_tensor(self.f, name, array)
+
+    def finish(self) -> None:
+        pass
+
+
+_SAFETENSORS_TYPES = {"float32": "F32", "float16": "F16", "float64": "F64", "bfloat16": "BF16", "int8": "I8",
+                      "uint8": "U8", "int16": "I16", "uint16": "U16", "int32": "I32", "uint32": "U32",
+                      "int64": "I64", "uint64": "U64", "bool": "BOOL"}
+
+
+class SafetensorsWriter:
+    """Streams tensors into a ``.safetensors`` file: a header slot sized for ``expected_shapes`` is
+    reserved first and filled (padded with spaces, as the format allows) once the data is written.
+
+    MindSpore reads ``.safetensors`` lazily (``load_checkpoint(format="safetensors")``), whereas a
+    ``.ckpt`` is parsed whole and needs free memory larger than the file: prefer this for big models.
+    """
+
+    def __init__(self, f, expected_shapes: Mapping[str, tuple]):
+        self.f, self.entries, self.offset = f, {}, 0
+        bound = {k: {"dtype": "BOOL", "shape": list(v), "data_offsets": [10 ** 15, 10 ** 15]}
+                 for k, v in expected_shapes.items()}
+        self.header_size = len(self._header(bound)) + 64
+        self.header_size += -self.header_size % 8
+        f.write(b" " * (8 + self.header_size))
+
+    @staticmethod
+    def _header(entries: dict) -> bytes:
+        import json
+
+        return json.dumps({"__metadata__": {"format": "pt"}, **entries}, separators=(",", ":")).encode()
+
+    def write(self, name: str, array: np.ndarray) -> None:
+        array = np.ascontiguousarray(array)
+        if array.dtype.name not in _SAFETENSORS_TYPES:
+            raise CheckpointError(f"{name}: dtype {array.dtype} cannot be stored in a .safetensors file")
+        data = array.reshape(-1).view(np.uint8)
+        self.f.write(memoryview(data))
+        self.entries[name] = {"dtype": _SAFETENSORS_TYPES[array.dtype.name], "shape": list(array.shape),
+                              "data_offsets": [self.offset, self.offset + len(data)]}
+        self.offset += len(data)
+
+    def finish(self) -> None:
+        import struct
+
+        header = self._header(self.entries)
+        if len(header) > self.header_size:
+            raise CheckpointError("internal error: the safetensors header outgrew its reserved space")
+        self.f.seek(0)
+        self.f.write(struct.pack("<Q", self.header_size) + header + b" " * (self.header_size - len(header)))
+
+
 def convert(
     sources: Iterable[str],
     target: str,
@@ -167,7 +227,7 @@ def convert(
     dtype: str | None = None,
     ignore_unexpected: Callable[[str], bool] = lambda name: False,
 ) -> KeyReport:
-    """Convert weight files into one checked ``.ckpt``, one tensor at a time.
+    """Convert weight files into one checked ``.ckpt`` (or ``.safetensors``, by ``target``'s name), one tensor at a time.
 
     ``rename(name, array)`` yields the MindSpore (name, array) pairs for one source tensor: the
     documented table of true differences of each model (identity when ``None``). Every key and
@@ -184,6 +244,7 @@ def convert(
     tmp = atomic_path(target)
     try:
         with open(tmp, "wb") as f:
+            writer = (SafetensorsWriter if target.endswith(".safetensors") else CkptWriter)(f, expected_shapes)
             for path in sources:
                 for name, array in iter_weight_file(path):
                     for new_name, new_array in (rename(name, array) if rename else [(name, array)]):
@@ -195,8 +256,10 @@ def convert(
                         shapes[new_name] = tuple(new_array.shape)
                         # once something is wrong, keep reading (to list every problem) but stop writing
                         if not duplicates and expected_shapes.get(new_name) == shapes[new_name]:
-                            write_ckpt_tensor(f, new_name, _cast(new_array, ms_dtype))
-        report = compare_shapes(shapes, expected_shapes)
+                            writer.write(new_name, _cast(new_array, ms_dtype))
+            report = compare_shapes(shapes, expected_shapes)
+            if not duplicates and report.ok:
+                writer.finish()
         if duplicates or not report.ok:
             extra = f"\n{len(duplicates)} key(s) given more than once:\n" + "\n".join(f"  {k}" for k in duplicates) \
                 if duplicates else ""

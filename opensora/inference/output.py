@@ -33,38 +33,21 @@ def finished(path_no_ext: str) -> bool:
     return os.path.isfile(path_no_ext + ".mp4") or os.path.isfile(path_no_ext + ".png")
 
 
-def to_uint8(video: np.ndarray) -> np.ndarray:
-    """(C, T, H, W) in [-1, 1] -> (T, H, W, C) uint8, rounding as upstream (x*255 + 0.5, clamped)."""
-    x = (np.clip(np.asarray(video, dtype=np.float32), -1.0, 1.0) + 1.0) / 2.0
-    return np.clip(x * 255.0 + 0.5, 0, 255).astype(np.uint8).transpose(1, 2, 3, 0)
-
-
 def save_sample(video: np.ndarray, save_path: str, fps: int) -> str:
-    """Write (C, T, H, W) in [-1, 1] as ``save_path.png`` (T == 1) or ``save_path.mp4``; -> the path."""
-    frames = to_uint8(video)
-    ext = ".png" if frames.shape[0] == 1 else ".mp4"
-    path = save_path + ext
-    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(save_path)}.tmp{os.getpid()}{ext}")
-    try:
-        if ext == ".png":
-            from PIL import Image
+    """Write (C, T, H, W) in [-1, 1] as ``save_path.png`` (T == 1) or H.264 ``save_path.mp4``, atomically,
+    with the project's one video writer (the same one the three-stage decoder uses); -> the path."""
+    from ..datasets.video_io import save_video
 
-            Image.fromarray(frames[0]).save(tmp)
-        else:
-            write_mp4(tmp, frames, fps)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    path = save_video(np.asarray(video, dtype=np.float32), save_path, fps=float(fps), layout="cthw")
     logger.info("saved %s", path)
     return path
 
 
-def write_mp4(path: str, frames: np.ndarray, fps: int) -> None:
-    """(T, H, W, 3) uint8 -> H.264 MP4 at the exact size (yuv420p needs even sizes; odd ones use yuv444p)."""
-    import imageio
+def save_latent(latent: np.ndarray, path: str, num_frames: int, fps: float) -> str:
+    """A sampled latent (C, T, H, W) for ``scripts/infer_vae_decode.py``: keys ``latent``, ``num_frames``
+    (pixel frames to decode) and ``fps`` (its layout; the latent *cache* of training is another one)."""
+    from ..datasets.embedding_cache import atomic_savez
 
-    even = frames.shape[1] % 2 == 0 and frames.shape[2] % 2 == 0
-    imageio.mimwrite(path, list(frames), fps=fps, codec="libx264", quality=8, macro_block_size=1,
-                     ffmpeg_log_level="error", pixelformat="yuv420p" if even else "yuv444p")
+    atomic_savez(path, latent=np.asarray(latent, dtype=np.float32), num_frames=np.int32(num_frames),
+                 fps=np.float32(fps))
+    return path

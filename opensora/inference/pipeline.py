@@ -21,11 +21,11 @@ import numpy as np
 import mindspore as ms
 
 from ..config import ConfigError
-from ..datasets.embedding_cache import read_text_embedding, write_video_latent
+from ..datasets.embedding_cache import read_text_embedding
 from ..schedulers.guidance import TextCondition
 from . import components
 from .mask_strategy import apply_mask_strategy, parse_mask_strategy, latent_to_pixel_frames, loop_condition
-from .output import finished, save_path_name, save_sample
+from .output import finished, save_latent, save_path_name, save_sample
 from .presets import model_size_args, resolve_image_size, resolve_num_frames, resolve_save_fps
 from .prompts import extract_json_from_prompts, load_prompts, process_prompt, prompt_for_loop
 from .references import read_reference, split_references
@@ -278,7 +278,7 @@ class InferencePipeline:
         arr = latent.asnumpy()
         for j, path in enumerate(paths):
             target = os.path.join(os.path.dirname(path), "latents", os.path.basename(path) + ".npz")
-            write_video_latent(target, arr[j], np.zeros_like(arr[j]), self.save_fps, self.image_size, self.vae_type)
+            save_latent(arr[j], target, self.num_frames, self.save_fps)
             logger.info("latent saved to %s", target)
 
     def run(self) -> list[str]:

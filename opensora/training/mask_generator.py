@@ -3,7 +3,8 @@
 A mask is one boolean per latent frame: True = generated (noised, in the loss), False = a conditioning
 frame (kept clean with t=0, excluded from the loss). Training with them teaches image-to-video
 (``image_head``), extension (``quarter_head``), connection (``*_head_tail``) and interpolation.
-Names, ratios and the per-type rules follow upstream; ``intepolate`` keeps upstream's spelling.
+Names, ratios and the per-type rules follow upstream; ``intepolate`` keeps upstream's spelling, and
+1.1's names (``mask_no``, ``mask_image_head``, ...) are accepted too.
 Randomness comes from a NumPy Generator passed in, so a resumed run draws the same masks.
 """
 from __future__ import annotations
@@ -18,9 +19,22 @@ MASK_TYPES = ("identity", "quarter_random", "quarter_head", "quarter_tail", "qua
               "image_random", "image_head", "image_tail", "image_head_tail", "random", "intepolate")
 
 
+V1_1_NAMES = {"mask_no": "identity"}  # Open-Sora 1.1 spells the types with a "mask_" prefix
+
+
+def canonical_mask_name(name: str) -> str:
+    name = str(name)
+    if name in V1_1_NAMES:
+        return V1_1_NAMES[name]
+    return name[len("mask_"):] if name.startswith("mask_") else name
+
+
 class MaskGenerator:
     def __init__(self, mask_ratios: dict):
-        ratios = dict(mask_ratios or {})
+        ratios = {}
+        for name, value in dict(mask_ratios or {}).items():
+            key = canonical_mask_name(name)
+            ratios[key] = ratios.get(key, 0.0) + float(value)
         for name, value in ratios.items():
             if name not in MASK_TYPES:
                 raise ConfigError(f"mask_ratios: unknown mask type {name!r}; valid types: {', '.join(MASK_TYPES)}")

@@ -37,6 +37,10 @@ def build_model(cfg: Config):
 
     kwargs = dict(cfg.model)
     kwargs.setdefault("dtype", DTYPES[cfg.dtype])
+    if kwargs["type"].startswith("STDiT-") and not kwargs.get("input_size"):
+        # STDiT 1.0 has a fixed latent size (upstream: vae.get_latent_size): SD VAE = 8x spatial
+        h, w = _image_size(cfg)
+        kwargs["input_size"] = (cfg.num_frames, h // 8, w // 8)
     if cfg.grad_checkpoint:
         kwargs["grad_checkpointing"] = True
         if cfg.num_recompute_blocks is not None:

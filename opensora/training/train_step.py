@@ -53,7 +53,8 @@ class TrainStep(nn.Cell):
         inv = 1.0 / scale
         grads = tuple([g * inv.astype(g.dtype) for g in grads])
         loss = loss / scale
-        finite = ms.amp.all_finite(grads)
+        # an overflowed scaled loss can still give finite gradients (d(scale*loss) = scale*dloss): check both
+        finite = ops.logical_and(ms.amp.all_finite(grads), ops.isfinite(loss))
         norm = global_norm(grads)
         if self.clip:
             factor = ops.minimum(self.clip_grad / (norm + 1e-6), ops.ones_like(norm))
