@@ -87,6 +87,9 @@ def precheck(files: list[str], expected: dict) -> None:
 
 
 def convert_t5(sources: list[str], target: str, dtype: str | None = None, config: str | None = None):
+    missing = [s for s in sources if not os.path.exists(s)]
+    if missing:
+        raise CheckpointError(f"--src not found: {', '.join(missing)}")
     files = weight_files(sources)
     cfg = find_config(sources, config)
     expected = t5_encoder_param_shapes(cfg)
