@@ -13,8 +13,9 @@ import pytest
 
 from opensora.models.text_encoder.t5 import T5Config, t5_encoder_param_shapes
 from tools.convert_t5 import convert_t5
+from tests.fixtures.manifests import manifest_path
 
-MANIFEST = "/work/shared/manifests/t5_v1_1_xxl_encoder.json"
+MANIFEST = manifest_path("t5_v1_1_xxl_encoder")
 pytestmark = pytest.mark.full
 
 

@@ -13,8 +13,9 @@ from opensora.models.text_encoder.t5 import (T5_V1_1_XXL, T5Config, relative_pos
                                              t5_encoder_param_shapes)
 from opensora.utils.checkpoint import model_shapes
 from tests.fixtures.tiny_t5 import TINY_T5_CONFIG, convert_tiny_t5_dir, make_tiny_t5_dir, torch_reference
+from tests.fixtures.manifests import manifest_path
 
-MANIFEST = "/work/shared/manifests/t5_v1_1_xxl_encoder.json"
+MANIFEST = manifest_path("t5_v1_1_xxl_encoder")
 TEXTS = ["a cat flies over the river.", "the dog runs beside an empty road at night in the quiet city " * 2,
          "", "Ünïcödé prompt: 日本語"]
 MAX_LENGTH = 16

@@ -137,6 +137,8 @@ def _default_config(source: str) -> str | None:
 
 def convert_vae(source: str, target: str, kind: str = "auto", config: str | None = None,
                 vae_2d_config: str | None = None, dtype: str | None = None):
+    if not os.path.exists(source):
+        raise CheckpointError(f"--source not found: {source}")
     files = weight_files(source)
     names = [n for f in files for n in weight_file_shapes(f)]
     if kind == "auto":
