@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections import Counter
 
 import numpy as np
@@ -90,6 +91,7 @@ class VideoTextDataset:
         self.transform_name = transform_name
         self.repeat_images = repeat_images
         self.failures: Counter = Counter()
+        self._lock = threading.Lock()  # samples are read in several threads
         if not text_embed_folder:
             raise ConfigError("text_embed_folder is required: cache the T5 embeddings first with "
                               "`python scripts/infer_t5.py --csv_path ... --output_dir <text_embed_folder>`")
@@ -132,7 +134,9 @@ class VideoTextDataset:
             z = z[:, start:start + latent_frames]
         elif latent_frames is not None and z.shape[1] < latent_frames:
             raise SampleError(f"{path}: cached latent has {z.shape[1]} frames, need {latent_frames}")
-        return z, cached["fps"] / self.frame_interval
+        # the cache holds the frames infer_vae encoded (its --frame_stride already applied, and its fps is
+        # the rate of those frames): a window of consecutive latent frames, frame_interval not applied again
+        return z, cached["fps"]
 
     def load(self, index: int, num_frames: int, height: int, width: int, rng: np.random.Generator,
              latent_frames: int | None = None) -> dict:
@@ -153,7 +157,8 @@ class VideoTextDataset:
                 return self.load(index, *thw, rng, latent_frames=latent_frames)
             except Exception as err:  # any reader error: decord, imageio, npz, shapes
                 reason = f"{type(err).__name__}: {err}"
-                self.failures[self.paths[index]] += 1
+                with self._lock:
+                    self.failures[self.paths[index]] += 1
                 logger.warning("skipping sample %d (%s): %s; using another sample", index, self.paths[index], reason)
                 index = int(rng.integers(0, len(self)))
         raise RuntimeError(f"{MAX_REPLACEMENTS} unreadable samples in a row (last: {self.paths[index]}); "

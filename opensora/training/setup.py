@@ -30,6 +30,12 @@ def check_config(cfg: Config) -> None:
         raise ConfigError("raw videos (video_folder) need a vae config to encode them; or give video_embed_folder")
     if cfg.dtype == "bf16" and cfg.device_target == "CPU":
         raise ConfigError("dtype bf16 has no CPU kernels in MindSpore; use fp32 (or fp16) on the CPU")
+    if not cfg.text_embed_folder:
+        raise ConfigError("text_embed_folder is required: cache the T5 embeddings first with "
+                          "`python scripts/infer_t5.py --csv_path ... --output_dir <text_embed_folder>`")
+    from ..datasets.dataset import read_csv_table
+
+    read_csv_table(cfg.csv_path, need_size_columns=bool(cfg.bucket_config))  # a bad csv fails before any build
 
 
 def build_model(cfg: Config):
