@@ -144,19 +144,37 @@ def _stage_commands(cfg, argv, out):
     ]
 
 
+def _hwm_bytes(pid: int) -> int:
+    """VmHWM (peak resident memory) of a live process; per address space, so exec resets it (unlike
+    ru_maxrss, which Linux carries over from the forking parent)."""
+    try:
+        with open(f"/proc/{pid}/status", "r", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def three_stage_memory(cfg, argv) -> dict:
-    """Run each stage in its own process; peak RSS (ru_maxrss of that child) and wall time per stage."""
+    """Run each stage in its own process; its peak RSS (VmHWM polled every 20 ms) and wall time."""
     results = {}
     with tempfile.TemporaryDirectory() as out:
         for name, cmd in _stage_commands(cfg, argv, out):
             start = time.perf_counter()
-            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                    env={**os.environ, "GLOG_v": "3"})
-            _, status, usage = os.wait4(proc.pid, 0)
-            err = proc.stderr.read() if proc.stderr else ""
-            results[name] = {"seconds": time.perf_counter() - start, "peak_rss_gb": usage.ru_maxrss / 2 ** 20,
-                             "exit_code": os.waitstatus_to_exitcode(status)}
-            if results[name]["exit_code"] != 0:
+            log = os.path.join(out, f"{name}.log")  # a file, not a pipe: a full pipe would block the stage
+            with open(log, "w", encoding="utf-8") as errf:
+                proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=errf, env={**os.environ, "GLOG_v": "3"})
+                peak = 0
+                while proc.poll() is None:
+                    peak = max(peak, _hwm_bytes(proc.pid))
+                    time.sleep(0.02)
+            with open(log, "r", encoding="utf-8", errors="replace") as f:
+                err = f.read()
+            results[name] = {"seconds": time.perf_counter() - start, "peak_rss_gb": peak / 2 ** 30,
+                             "exit_code": proc.returncode}
+            if proc.returncode != 0:
                 results[name]["error"] = err.strip().splitlines()[-1:] if err else []
                 break
     return results

@@ -20,9 +20,18 @@ from opensora.runtime import default_env, init_runtime  # noqa: E402
 from opensora.training.options import train_schema  # noqa: E402
 
 
+def _bare_resume(argv):
+    """``--resume`` without a value means the latest checkpoint in the output folder."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for i, token in enumerate(argv):
+        if token == "--resume" and (i + 1 == len(argv) or argv[i + 1].startswith("--")):
+            argv[i + 1:i + 1] = ["latest"]
+    return argv
+
+
 def main(argv=None) -> list[float]:
     default_env()
-    cfg = train_schema().parse(argv)
+    cfg = train_schema().parse(_bare_resume(argv))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from opensora.training.setup import build_trainer, check_config
 

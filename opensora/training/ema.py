@@ -17,6 +17,7 @@ class EMA(nn.Cell):
         self.ema = ms.ParameterTuple(
             [Parameter(p.value().astype(ms.float32).copy(), name=f"ema.{p.name}", requires_grad=False)
              for p in self.params])
+        self.hyper_map = ops.HyperMap()
 
     def state_parameters(self):
         return list(self.ema)
@@ -26,9 +27,12 @@ class EMA(nn.Cell):
         return {p.name: e.value() for p, e in zip(self.params, self.ema)}
 
     def construct(self):
-        done = ()
-        for i in range(len(self.params)):
-            e = self.ema[i]
-            new = e * self.decay + self.params[i].astype(ms.float32) * (1.0 - self.decay)
-            done = done + (ops.assign(e, new),)
-        return done
+        return self.hyper_map(ops.partial(_ema_update, self.decay), self.ema, self.params)
+
+
+_ema_update = ops.MultitypeFuncGraph("ema_update")
+
+
+@_ema_update.register("Number", "Tensor", "Tensor")
+def _update(decay, ema, param):
+    return ops.assign(ema, ema * decay + param.astype(ms.float32) * (1.0 - decay))

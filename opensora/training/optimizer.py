@@ -53,8 +53,8 @@ class AdamW(nn.Cell):
         self.moments_m = ms.ParameterTuple(moments_m)
         self.moments_v = ms.ParameterTuple(moments_v)
         self.step = Parameter(Tensor(0, ms.int32), name="adam_step", requires_grad=False)
-        if self.shard:
-            self.all_gather = ops.AllGather()
+        self.hyper_map = ops.HyperMap()
+        self.all_gather = ops.AllGather() if self.shard else None
 
     def state_parameters(self) -> list[Parameter]:
         """Everything the optimizer must save to resume: moments and the step count."""
@@ -63,25 +63,6 @@ class AdamW(nn.Cell):
     def state_bytes(self) -> int:
         return sum(int(np.prod(p.shape)) * 4 for p in list(self.moments_m) + list(self.moments_v))
 
-    def _my_slice(self, x, i):
-        """Slice ``rank`` of the flattened, zero-padded tensor ``x`` (parameter index ``i``)."""
-        flat = x.reshape((-1,))
-        pad = self.chunks[i] * self.world - self.numels[i]
-        if pad > 0:
-            flat = ops.concat((flat, ops.zeros((pad,), flat.dtype)))
-        start = self.rank * self.chunks[i]
-        return flat[start:start + self.chunks[i]]
-
-    def _adam(self, p, g, m, v, lr, bc1, bc2):
-        g = g.astype(ms.float32)
-        p32 = p.astype(ms.float32)
-        p32 = p32 - lr * self.weight_decay * p32
-        m_new = self.beta1 * m + (1.0 - self.beta1) * g
-        v_new = self.beta2 * v + (1.0 - self.beta2) * ops.square(g)
-        denom = ops.sqrt(v_new) / ops.sqrt(bc2) + self.eps
-        p_new = p32 - (lr / bc1) * m_new / denom
-        return p_new, m_new, v_new
-
     def construct(self, grads, lr):
         step = self.step + 1
         ops.assign(self.step, step)
@@ -89,17 +70,54 @@ class AdamW(nn.Cell):
         bc1 = 1.0 - ops.pow(ms.Tensor(self.beta1, ms.float32), t)
         bc2 = 1.0 - ops.pow(ms.Tensor(self.beta2, ms.float32), t)
         lr = lr.astype(ms.float32)
-        done = ()
-        for i in range(len(self.params)):
-            p = self.params[i]
-            m = self.moments_m[i]
-            v = self.moments_v[i]
-            if self.shard:
-                p_new, m_new, v_new = self._adam(self._my_slice(p, i), self._my_slice(grads[i], i), m, v, lr, bc1, bc2)
-                full = self.all_gather(p_new)[:self.numels[i]].reshape(self.shapes[i])
-            else:
-                full, m_new, v_new = self._adam(p, grads[i], m, v, lr, bc1, bc2)
-            ops.assign(m, m_new)
-            ops.assign(v, v_new)
-            done = done + (ops.assign(p, full.astype(p.dtype)),)
-        return done
+        # HyperMap compiles one update per distinct parameter shape (blocks share them), where a Python
+        # loop would unroll one per parameter: several times faster to compile for STDiT
+        if self.shard:
+            update = ops.partial(_sharded_update, self.all_gather, self.beta1, self.beta2, self.eps,
+                                 self.weight_decay, self.world, self.rank, lr, bc1, bc2)
+        else:
+            update = ops.partial(_update, self.beta1, self.beta2, self.eps, self.weight_decay, lr, bc1, bc2)
+        return self.hyper_map(update, self.params, grads, self.moments_m, self.moments_v)
+
+
+def _adam(beta1, beta2, eps, weight_decay, lr, bc1, bc2, p32, g, m, v):
+    g = g.astype(ms.float32)
+    p32 = p32 - lr * weight_decay * p32
+    m_new = beta1 * m + (1.0 - beta1) * g
+    v_new = beta2 * v + (1.0 - beta2) * ops.square(g)
+    p_new = p32 - (lr / bc1) * m_new / (ops.sqrt(v_new) / ops.sqrt(bc2) + eps)
+    return p_new, m_new, v_new
+
+
+_update = ops.MultitypeFuncGraph("adamw_update")
+_sharded_update = ops.MultitypeFuncGraph("adamw_sharded_update")
+
+
+@_update.register("Number", "Number", "Number", "Number", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor",
+                  "Tensor")
+def _full(beta1, beta2, eps, weight_decay, lr, bc1, bc2, p, g, m, v):
+    p_new, m_new, v_new = _adam(beta1, beta2, eps, weight_decay, lr, bc1, bc2, p.astype(ms.float32), g, m, v)
+    ops.assign(m, m_new)
+    ops.assign(v, v_new)
+    return ops.assign(p, p_new.astype(p.dtype))
+
+
+@_sharded_update.register("Function", "Number", "Number", "Number", "Number", "Number", "Number", "Tensor", "Tensor",
+                          "Tensor", "Tensor", "Tensor", "Tensor", "Tensor")
+def _sharded(all_gather, beta1, beta2, eps, weight_decay, world, rank, lr, bc1, bc2, p, g, m, v):
+    """Update slice ``rank`` of the flattened, zero-padded parameter, then AllGather the slices."""
+    numel = p.size
+    chunk = m.shape[0]
+    pad = chunk * world - numel
+    flat_p = p.reshape((-1,)).astype(ms.float32)
+    flat_g = g.reshape((-1,))
+    if pad > 0:
+        flat_p = ops.concat((flat_p, ops.zeros((pad,), flat_p.dtype)))
+        flat_g = ops.concat((flat_g, ops.zeros((pad,), flat_g.dtype)))
+    start = rank * chunk
+    p_new, m_new, v_new = _adam(beta1, beta2, eps, weight_decay, lr, bc1, bc2, flat_p[start:start + chunk],
+                                flat_g[start:start + chunk], m, v)
+    ops.assign(m, m_new)
+    ops.assign(v, v_new)
+    full = all_gather(p_new)[:numel].reshape(p.shape)
+    return ops.assign(p, full.astype(p.dtype))

@@ -43,21 +43,40 @@ class GradAverager(nn.Cell):
             self.all_reduce = ops.AllReduce(ops.ReduceOp.SUM)
         self.scale = 1.0 / world
 
-    def _one(self, grad):
-        return self.all_reduce(grad) * self.scale
-
     def construct(self, grads):
         if not self.enabled:
             return grads
-        out = ()
-        for g in grads:
-            out = out + (self._one(g),)
-        return out
+        return self.hyper_map(ops.partial(_reduce_mean, self.all_reduce, self.scale), grads)
+
+
+_reduce_mean = ops.MultitypeFuncGraph("reduce_mean")
+_scale = ops.MultitypeFuncGraph("scale")
+_square_sum = ops.MultitypeFuncGraph("square_sum")
+
+
+@_reduce_mean.register("Function", "Number", "Tensor")
+def _reduce_mean_one(all_reduce, scale, grad):
+    return all_reduce(grad) * scale
+
+
+@_scale.register("Tensor", "Tensor")
+def _scale_one(factor, grad):
+    return grad * factor.astype(grad.dtype)
+
+
+@_square_sum.register("Tensor")
+def _square_sum_one(grad):
+    return ops.reduce_sum(ops.square(grad.astype(ms.float32)))
+
+
+_HYPER_MAP = ops.HyperMap()
+
+
+def scale_grads(grads, factor):
+    """Every gradient times the scalar tensor ``factor``."""
+    return _HYPER_MAP(ops.partial(_scale, factor), grads)
 
 
 def global_norm(grads) -> ms.Tensor:
     """L2 norm over all gradients (float32), as torch.nn.utils.clip_grad_norm_ computes it."""
-    total = ops.zeros((), ms.float32)
-    for g in grads:
-        total = total + ops.reduce_sum(ops.square(g.astype(ms.float32)))
-    return ops.sqrt(total)
+    return ops.sqrt(ops.addn(_HYPER_MAP(_square_sum, grads)))

@@ -95,7 +95,7 @@ def _image_size(cfg: Config) -> tuple[int, int]:
     return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
-def build_loader(cfg: Config, rank: int, world: int, vae=None):
+def build_loader(cfg: Config, rank: int, world: int):
     from ..datasets.dataset import VideoTextDataset
     from ..datasets.loader import BatchLoader
     from ..datasets.sampler import BucketBatchSampler, FixedSizeBatchSampler
@@ -137,7 +137,7 @@ def build_trainer(cfg: Config, runtime) -> Trainer:
     model = build_model(cfg)
     scheduler = build_scheduler(cfg)
     vae = build_vae(cfg)
-    loader = build_loader(cfg, rank, world, vae)
+    loader = build_loader(cfg, rank, world)
     y_embedder = getattr(model, "y_embedder", None)
     opts = TrainOptions(
         output_dir=cfg.outputs, max_steps=cfg.max_steps, epochs=cfg.epochs, lr=cfg.lr, warmup_steps=cfg.warmup_steps,

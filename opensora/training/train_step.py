@@ -12,7 +12,7 @@ from mindspore import nn, ops
 from .ema import EMA
 from .loss_scaler import LossScaler
 from .optimizer import AdamW
-from .parallel import GradAverager, global_norm
+from .parallel import GradAverager, global_norm, scale_grads
 
 
 class _ScaledLoss(nn.Cell):
@@ -51,14 +51,14 @@ class TrainStep(nn.Cell):
         loss, grads = self.grad_fn(scale, *inputs)
         grads = self.averager(grads)
         inv = 1.0 / scale
-        grads = tuple([g * inv.astype(g.dtype) for g in grads])
+        grads = scale_grads(grads, inv)
         loss = loss / scale
         # an overflowed scaled loss can still give finite gradients (d(scale*loss) = scale*dloss): check both
         finite = ops.logical_and(ms.amp.all_finite(grads), ops.isfinite(loss))
         norm = global_norm(grads)
         if self.clip:
             factor = ops.minimum(self.clip_grad / (norm + 1e-6), ops.ones_like(norm))
-            grads = tuple([g * factor.astype(g.dtype) for g in grads])
+            grads = scale_grads(grads, factor)
         if finite:
             loss = ops.depend(loss, self.optimizer(grads, lr))
             if self.use_ema:
