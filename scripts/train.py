@@ -6,6 +6,15 @@
 
 ``--video_embed_folder`` replaces ``--video_folder`` to train on cached VAE latents; ``--resume``
 continues from the latest checkpoint in ``--outputs`` (or a given one). See ``--help`` for all keys.
+
+Parallel training (``--use_parallel True`` under msrun): data parallel, every rank reading its own
+shard of the data and gradients averaged with AllReduce; ``zero_stage: 1`` also shards the AdamW
+state (each rank updates its slice of every parameter, an AllGather rebuilds them). Both are built on
+AllReduce/AllGather, which every backend has (CPU included); MindSpore's built-in
+``enable_parallel_optimizer`` (Ascend/GPU only, needs a MindSpore ``nn.Optimizer``) is not used.
+Outputs: ``<outputs>/train_log.csv`` (loss, lr, step time, samples/s, loss scale, grad norm per
+step) and ``<outputs>/checkpoints/step_XXXXXXXX/`` (model.ckpt and ema.ckpt load into the model /
+scripts/inference.py as they are).
 """
 from __future__ import annotations
 

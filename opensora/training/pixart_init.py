@@ -31,17 +31,15 @@ def _strip(name: str) -> str:
 
 
 def load_pixart(model: nn.Cell, path: str):
-    """Load a converted ``PixArt-XL-2-512x512`` checkpoint into an STDiT; returns the key report."""
-    raw = read_checkpoint(path)
-    shapes = {p.name: tuple(p.shape) for p in model.get_parameters()}
+    """Load a ``PixArt-XL-2-512x512`` checkpoint converted by tools/convert_pt2ms.py into an STDiT;
+    returns the key report. The name/shape mapping is the converter's own (``pixart_to_stdit``)."""
+    from ..models.stdit.convert import pixart_to_stdit
+
+    raw = {_strip(name): value for name, value in read_checkpoint(path).items() if _strip(name) not in DROP_KEYS}
     params = {}
-    for name, value in raw.items():
-        name = _strip(name)
-        if name in DROP_KEYS:
-            continue
-        want = shapes.get(name)
-        if want is not None and len(value.shape) == 4 and len(want) == 5 and name.endswith("x_embedder.proj.weight"):
-            value = ms.Parameter(ms.Tensor(value.asnumpy()[:, :, None]), name=name)
+    for name, value in pixart_to_stdit(raw).items():
+        if not isinstance(value, ms.Parameter):
+            value = ms.Parameter(value if isinstance(value, ms.Tensor) else ms.Tensor(np.asarray(value)), name=name)
         params[name] = value
     report = load_into(model, params, source=path, strict=False)
     zeroed = []

@@ -28,6 +28,10 @@ def check_config(cfg: Config) -> None:
                           "compiled step); set it to false")
     if cfg.video_embed_folder is None and cfg.vae is None:
         raise ConfigError("raw videos (video_folder) need a vae config to encode them; or give video_embed_folder")
+    if cfg.bucket_config and cfg.video_embed_folder:
+        raise ConfigError("bucket_config resizes every clip to its bucket, which needs the raw videos: use "
+                          "--video_folder with buckets, or drop bucket_config to train on cached latents "
+                          "(one size, the one infer_vae.py cached)")
     if cfg.dtype == "bf16" and cfg.device_target == "CPU":
         raise ConfigError("dtype bf16 has no CPU kernels in MindSpore; use fp32 (or fp16) on the CPU")
     if not cfg.text_embed_folder:
