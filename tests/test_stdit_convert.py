@@ -12,17 +12,14 @@ import mindspore as ms
 from opensora.models.stdit.convert import guess_model, pixart_to_stdit, rename
 from opensora.utils.checkpoint import CheckpointError, compare_shapes
 from tests.fixtures.tiny_stdit import MODEL_NAMES, build_tiny, reference_model, tiny_inputs, tiny_kwargs
+from tests.fixtures.manifests import load_manifest
 from tools.convert_pt2ms import convert_file, expected_shapes, main
 
-MANIFESTS = "/work/shared/manifests" if os.path.isdir("/work/shared/manifests") else \
-    os.path.join(os.path.dirname(__file__), "..", "..", "shared", "manifests")
-FILES = {"STDiT-XL/2": "stdit_xl2_v1_0.json", "STDiT2-XL/2": "stdit2_xl2_v1_1.json",
-         "STDiT3-XL/2": "stdit3_xl2_v1_2.json"}
+FILES = {"STDiT-XL/2": "stdit_xl2_v1_0", "STDiT2-XL/2": "stdit2_xl2_v1_1", "STDiT3-XL/2": "stdit3_xl2_v1_2"}
 
 
 def _manifest(model):
-    with open(os.path.join(MANIFESTS, FILES[model]), encoding="utf-8") as f:
-        return json.load(f)
+    return load_manifest(FILES[model])
 
 
 def _mapped_shapes(manifest):
