@@ -1,19 +1,34 @@
 """STDiT3-XL/2 forward (random weights) at the 144p 9:16 2s latent (1, 4, 15, 18, 32) with a 300-token
 caption: graph mode vs PyNative, compile time, peak RSS, achieved FLOP/s vs a large float32 matmul.
 
-    flock /tmp/heavy.lock .venv/bin/python -m benchmarks.stdit [--runs 3] [--no-pynative] [--out report.json]
+    flock /tmp/heavy.lock .venv/bin/python -m benchmarks.stdit [--depth 28] [--runs 3] [--modes graph,pynative]
+        [--out report.json] [--max-rss-gb 18]
+
+Each mode runs in its own subprocess (an OOM or crash in one mode keeps the other's figures); a
+watchdog kills a child whose RSS exceeds ``--max-rss-gb``. The JSON report is rewritten (atomically)
+after every stage, so a killed run still leaves what it measured. ``--depth N`` (< 28) builds a
+model of N spatial+temporal block pairs; full-depth times are then EXTRAPOLATED (labelled so) from
+per-block figures: t(28) = t(N) + (28 - N) * (t(N) - t(0)) / N is not measurable without t(0), so we
+report t(N) * 28 / N (an upper bound: the embedders and final layer are scaled too, they are < 1%).
 
 A sampling step is measured as the sampler runs it: caption keys/values precomputed once
-(``precompute_y_kv``) and passed as ``y_kv``. Needs ~6+ GB and several minutes.
+(``precompute_y_kv``) and passed as ``y_kv``.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
 
 import numpy as np
 
-from benchmarks.common import PeakMemory, host_info, summarize, write_report
+FULL_DEPTH = 28
+T, H, W = 15, 18, 32
+L, CAPTION_CHANNELS = 300, 4096
 
 
 def stdit3_forward_flops(depth, hidden, T, S, L, caption_channels, mlp_ratio=4.0, with_caption=False, out_dim=32,
@@ -53,23 +68,35 @@ def _time_runs(fn, runs):
     return seconds
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--pynative-runs", type=int, default=2)
-    parser.add_argument("--no-pynative", action="store_true")
-    parser.add_argument("--out", default=None, help="write the JSON report here too")
-    args = parser.parse_args(argv)
+def _atomic_json(data, path):
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, default=str)
+        f.write("\n")
+    os.replace(tmp, path)
 
+
+# ------------------------------------------------------------------------------------------ child
+def run_mode(mode, depth, runs, part_path):
+    """One mode in this process; every stage's figures are written to ``part_path`` as soon as known."""
     import mindspore as ms
 
+    from benchmarks.common import PeakMemory, rss_bytes, summarize
     from opensora.models.registry import MODELS
     from opensora.runtime import init_runtime
 
-    init_runtime("CPU", mode="graph", jit_level="O0", seed=0)
-    report = {"benchmark": "STDiT3-XL/2 forward, latent (1, 4, 15, 18, 32), 300-token caption", "host": host_info()}
-    T, H, W = 15, 18, 32
-    L, caption_channels = 300, 4096
+    out = {"mode": mode, "depth": depth, "status": "started"}
+
+    def save(status=None):
+        if status:
+            out["status"] = status
+            out[f"rss_gb_at_{status}"] = rss_bytes() / 2**30  # resident now (peak is sampled separately)
+        _atomic_json(out, part_path)
+
+    save()
+    if os.environ.get("STDIT_BENCH_MEM_LEVEL"):  # experiment hook
+        ms.runtime.set_memory(optimize_level=os.environ["STDIT_BENCH_MEM_LEVEL"])
+    init_runtime("CPU", mode=mode, jit_level=os.environ.get("STDIT_BENCH_JIT", "O0"), seed=0)
     rng = np.random.default_rng(0)
     inputs = dict(
         x=ms.Tensor(rng.standard_normal((1, 4, T, H, W)).astype(np.float32)),
@@ -79,56 +106,159 @@ def main(argv=None):
         height=ms.Tensor(np.array([144.0], np.float32)),
         width=ms.Tensor(np.array([256.0], np.float32)),
     )
-    y = ms.Tensor((rng.standard_normal((1, 1, L, caption_channels)) * 0.1).astype(np.float32))
-
+    y = ms.Tensor((rng.standard_normal((1, 1, L, CAPTION_CHANNELS)) * 0.1).astype(np.float32))
     with PeakMemory() as mem:
         start = time.perf_counter()
-        net = MODELS.build({"type": "STDiT3-XL/2", "qk_norm": True, "caption_channels": caption_channels,
-                            "model_max_length": L})
+        net = MODELS.build({"type": "STDiT3-XL/2", "qk_norm": True, "caption_channels": CAPTION_CHANNELS,
+                            "model_max_length": L, "depth": depth})
         net.set_train(False)
-        report["build_s"] = time.perf_counter() - start
+        for param in net.get_parameters():  # inference only: no gradient graph
+            param.requires_grad = False
+        out["build_s"] = time.perf_counter() - start
+        out["rss_after_build_gb"] = mem.peak_gb
         cfg = net.config
-        flops = stdit3_forward_flops(cfg.depth, cfg.hidden_size, T, (H // 2) * (W // 2), L, caption_channels)
-        report["forward_gflop"] = flops / 1e9
-        report["matmul_gflops_float32"] = matmul_flops_per_s(ms) / 1e9
+        flops = stdit3_forward_flops(cfg.depth, cfg.hidden_size, T, (H // 2) * (W // 2), L, CAPTION_CHANNELS)
+        out["forward_gflop"] = flops / 1e9
+        out["matmul_gflops_float32"] = matmul_flops_per_s(ms) / 1e9
+        save("built")
 
-        # graph mode: compile (first call), then a sampling step with precomputed caption keys/values
         start = time.perf_counter()
         y_kv = net.precompute_y_kv(y)
         y_kv.asnumpy()
-        report["graph_precompute_y_kv_first_call_s"] = time.perf_counter() - start
+        out["precompute_y_kv_first_call_s"] = time.perf_counter() - start
+        out["peak_rss_gb_after_precompute"] = mem.peak_gb
+        save("precomputed")
 
         def step():
             net(**inputs, y=None, y_kv=y_kv).asnumpy()
 
         start = time.perf_counter()
         step()
-        report["graph_compile_and_first_step_s"] = time.perf_counter() - start
+        out["first_step_s"] = time.perf_counter() - start  # graph: compile + one step
+        out["peak_rss_gb_after_first_step"] = mem.peak_gb
+        save("first_step")
         step()  # warm-up
-        graph = summarize(_time_runs(step, args.runs))
-        graph["gflops_achieved"] = flops / graph["median_s"] / 1e9
-        graph["fraction_of_matmul_peak"] = graph["gflops_achieved"] / report["matmul_gflops_float32"]
-        report["graph"] = graph
+        save("warm")
+        stats = summarize(_time_runs(step, runs))
+        stats["gflops_achieved"] = flops / stats["median_s"] / 1e9
+        stats["fraction_of_matmul_peak"] = stats["gflops_achieved"] / out["matmul_gflops_float32"]
+        out["step"] = stats
+        out["compile_s_estimate"] = out["first_step_s"] - stats["median_s"]
+        out["peak_rss_gb"] = mem.peak_gb
+        save("done")
+    out["peak_rss_gb"] = mem.peak_gb
+    save("done")
 
-        def full_forward():
-            net(**inputs, y=y).asnumpy()
 
-        full_forward()  # compile
-        report["graph_forward_with_caption"] = summarize(_time_runs(full_forward, 1))
-    report["peak_rss_gb_graph"] = mem.peak_gb
+# ------------------------------------------------------------------------------------------ parent
+def _rss_gb(pid):
+    """RSS of ``pid`` and its descendants (GB)."""
+    total = 0
+    pids = [pid]
+    try:
+        children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+        pids += [int(p) for p in children]
+    except OSError:
+        pass
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/status", encoding="ascii") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return total / 2**30
 
-    if not args.no_pynative:
-        init_runtime("CPU", mode="pynative", seed=0)
-        with PeakMemory() as mem:
-            step()  # warm-up
-            pyn = summarize(_time_runs(step, args.pynative_runs))
-            pyn["gflops_achieved"] = flops / pyn["median_s"] / 1e9
-            report["pynative"] = pyn
-            report["graph_speedup_vs_pynative"] = pyn["median_s"] / graph["median_s"]
-        report["peak_rss_gb_pynative"] = mem.peak_gb
-    report["torch_reference_note"] = "PyTorch 2 threads on this machine: ~41 s / forward, ~5.2 GB peak (brief)"
-    report["ratio_vs_torch_41s"] = graph["median_s"] / 41.0
-    write_report(report, args.out)
+
+def _run_child(mode, args, part_path):
+    cmd = [sys.executable, "-m", "benchmarks.stdit", "--child", mode, "--depth", str(args.depth),
+           "--runs", str(args.runs if mode == "graph" else args.pynative_runs), "--part", part_path]
+    proc = subprocess.Popen(cmd)
+    watched_peak, killed = 0.0, False
+    deadline = time.time() + args.timeout
+    while proc.poll() is None:
+        rss = _rss_gb(proc.pid)
+        watched_peak = max(watched_peak, rss)
+        if rss > args.max_rss_gb or time.time() > deadline:
+            killed = "rss" if rss > args.max_rss_gb else "timeout"
+            proc.kill()
+            proc.wait()
+            break
+        time.sleep(0.2)
+    return proc.returncode, watched_peak, killed
+
+
+def summarize_report(report, depth):
+    modes = report["modes"]
+    g = modes.get("graph", {}).get("step")
+    p = modes.get("pynative", {}).get("step")
+    if g and p:
+        report["graph_speedup_vs_pynative"] = p["median_s"] / g["median_s"]
+    if depth != FULL_DEPTH:
+        report["EXTRAPOLATED_full_depth"] = {
+            "note": f"measured at depth {depth}; full-depth figures = measured * {FULL_DEPTH}/{depth} (upper bound)",
+            **{m: modes[m]["step"]["median_s"] * FULL_DEPTH / depth for m in modes if "step" in modes[m]},
+        }
+    torch_s = report.get("torch_reference_s", 41.0)
+    ref = g or p
+    if ref:
+        full = ref["median_s"] * (FULL_DEPTH / depth)
+        report["ratio_vs_torch"] = full / torch_s
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--depth", type=int, default=FULL_DEPTH)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--pynative-runs", type=int, default=2)
+    parser.add_argument("--modes", default="graph,pynative")
+    parser.add_argument("--no-pynative", action="store_true")
+    parser.add_argument("--max-rss-gb", type=float, default=18.0, help="kill a mode's process above this RSS")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per mode")
+    parser.add_argument("--torch-s", type=float, default=41.0, help="torch forward seconds for the ratio")
+    parser.add_argument("--out", default=None, help="write the JSON report here (updated after every stage)")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--part", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if not 1 <= args.depth <= FULL_DEPTH:
+        parser.error(f"--depth must be in 1..{FULL_DEPTH}")
+    if args.child:
+        run_mode(args.child, args.depth, args.runs, args.part)
+        return
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if args.no_pynative and "pynative" in modes:
+        modes.remove("pynative")
+    bad = set(modes) - {"graph", "pynative"}
+    if bad:
+        parser.error(f"unknown mode(s) {sorted(bad)}; use graph and/or pynative")
+
+    report = {
+        "benchmark": f"STDiT3-XL/2 forward (depth {args.depth} of {FULL_DEPTH}), latent (1, 4, {T}, {H}, {W}), "
+                     f"{L}-token caption, y_kv precomputed, float32, random weights",
+        "depth": args.depth, "extrapolated": args.depth != FULL_DEPTH, "cpu_count": os.cpu_count(),
+        "load_avg_at_start": os.getloadavg(), "torch_reference_s": args.torch_s,
+        "torch_reference_note": "torch 2 threads, full depth (brief: ~41 s / forward, ~5.2 GB) unless --torch-s",
+        "modes": {},
+    }
+
+    def flush():
+        summarize_report(report, args.depth)
+        if args.out:
+            os.makedirs(os.path.dirname(os.path.abspath(args.out)) or ".", exist_ok=True)
+            _atomic_json(report, args.out)
+
+    flush()
+    with tempfile.TemporaryDirectory() as tmp:
+        for mode in modes:
+            part = os.path.join(tmp, f"{mode}.json")
+            rc, peak, killed = _run_child(mode, args, part)
+            result = json.load(open(part, encoding="utf-8")) if os.path.exists(part) else {"status": "no output"}
+            result.update(returncode=rc, watchdog_peak_rss_gb=peak, killed=killed,
+                          load_avg_after=os.getloadavg())
+            report["modes"][mode] = result
+            flush()
+    print(json.dumps(report, indent=2, default=str))
 
 
 if __name__ == "__main__":
