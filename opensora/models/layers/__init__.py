@@ -1,0 +1,1 @@
+"""Portable building blocks shared by all models; nothing here knows which Open-Sora version it serves."""

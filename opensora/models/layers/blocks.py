@@ -1,0 +1,245 @@
+"""Transformer pieces shared by STDiT / STDiT2 / STDiT3 (upstream ``opensora/models/layers/blocks.py``).
+
+Layout conventions used by every model here:
+* video tokens are kept 4-D, ``(B, T, S, C)`` (S = H'·W' patches per frame), so that spatial attention
+  is a free reshape to ``(B·T, S, C)``, cross attention a free reshape to ``(B, T·S, C)``, and only
+  temporal attention needs a transpose;
+* adaLN modulation parameters are ``(B, 1, 1, C)``, or ``(B, T, 1, C)`` when an ``x_mask`` selects,
+  frame by frame, between the modulation of timestep t and of t=0 (upstream's ``t_mask_select``,
+  done here on the parameters, which is the same arithmetic and avoids computing everything twice);
+* attention goes through :func:`opensora.models.layers.attention.attention` (BNSD, mask True=attend).
+"""
+from __future__ import annotations
+
+import math
+
+import mindspore as ms
+from mindspore import Parameter, nn, ops
+from mindspore.common.initializer import Normal, XavierUniform, initializer
+
+from ...runtime import is_ascend
+from .attention import attention
+from .nn import LayerNorm, Linear, RMSNorm, gelu_tanh
+
+XAVIER = XavierUniform()
+
+
+class SiLU(nn.Cell):
+    def construct(self, x):
+        return x * ops.sigmoid(x)
+
+
+def modulate(norm_func, x, shift, scale):
+    """DiT's modulation: norm in float32, then x·(1+scale)+shift with (B, C) parameters."""
+    dtype = x.dtype
+    x = norm_func(x.astype(ms.float32)).astype(dtype)
+    return x * (scale.expand_dims(1) + 1) + shift.expand_dims(1)
+
+
+def t2i_modulate(x, shift, scale):
+    """PixArt's modulation with parameters already broadcastable to ``x``."""
+    return x * (1 + scale) + shift
+
+
+def t_mask_select(x_mask, x, masked_x, T: int, S: int):
+    """Upstream's helper on (B, T·S, C) tokens: frames where ``x_mask`` is True take ``x``, others ``masked_x``."""
+    b, _, c = x.shape
+    out = ops.where(x_mask.astype(ms.bool_).reshape(b, T, 1, 1), x.reshape(b, T, S, c), masked_x.reshape(b, T, S, c))
+    return out.reshape(b, T * S, c)
+
+
+def modulation_params(table, t, n: int):
+    """``table`` (n, C) + ``t`` (B, n·C) -> n tensors (B, 1, 1, C) (upstream's ``scale_shift_table[None] + t``)."""
+    b = t.shape[0]
+    params = table.astype(t.dtype).reshape(1, n, -1) + t.reshape(b, n, -1)
+    return tuple(params[:, i].reshape(b, 1, 1, -1) for i in range(n))
+
+
+def select_frames(x_mask, params, params0):
+    """Per-frame choice between modulations: ``x_mask`` (B, T) True -> ``params`` (t), False -> ``params0`` (t=0).
+
+    Returns (B, T, 1, C) tensors that broadcast over the S tokens of each frame.
+    """
+    if x_mask is None:
+        return params
+    keep = x_mask.astype(ms.bool_).reshape(x_mask.shape[0], x_mask.shape[1], 1, 1)
+    return tuple(ops.where(keep, p, p0) for p, p0 in zip(params, params0))
+
+
+def frame_modulations(table, t, n: int, x_mask=None, t0=None):
+    """``n`` modulation tensors for timestep embedding ``t``, switched to ``t0``'s where ``x_mask`` is False."""
+    params = modulation_params(table, t, n)
+    if x_mask is None:
+        return params
+    return select_frames(x_mask, params, modulation_params(table, t0, n))
+
+
+class Mlp(nn.Cell):
+    """timm's ``Mlp`` (fc1 -> act -> fc2, no dropout). Default activation: tanh GELU in elementwise ops."""
+
+    def __init__(self, in_features: int, hidden_features: int | None = None, out_features: int | None = None,
+                 act_layer=gelu_tanh, weight_std: float | None = None, zero_init_output: bool = False):
+        super().__init__()
+        hidden_features = hidden_features or in_features
+        out_features = out_features or in_features
+        w_init = Normal(weight_std) if weight_std else XAVIER
+        self.fc1 = Linear(in_features, hidden_features, weight_init=w_init, bias_init="zeros")
+        self.fc2 = Linear(hidden_features, out_features, weight_init="zeros" if zero_init_output else w_init,
+                          bias_init="zeros")
+        self.act = act_layer
+
+    def construct(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class DropPath(nn.Cell):
+    """Stochastic depth per sample (training only); identity when ``drop_prob`` is 0 or in eval."""
+
+    def __init__(self, drop_prob: float = 0.0):
+        super().__init__()
+        self.drop_prob = float(drop_prob)
+
+    def construct(self, x):
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        mask = ops.floor(keep + ops.rand(shape, dtype=ms.float32)).astype(x.dtype)
+        return x / keep * mask
+
+
+class Attention(nn.Cell):
+    """Multi-head self attention with upstream's ``qkv``/``proj``/``q_norm``/``k_norm`` parameters.
+
+    ``qk_norm``: RMS norm (eps 1e-6) over each head's features of q and k. ``rope``: True (or any
+    non-None value, as upstream passes a function) when the cell applies rotary embeddings; the
+    (cos, sin) tables are passed to ``construct``. ``qk_norm_legacy`` (STDiT2) applies RoPE *before*
+    the norm, as Open-Sora 1.1 did. The 1/sqrt(d) scale is folded into q before the product.
+    """
+
+    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False, qk_norm: bool = False,
+                 attn_drop: float = 0.0, proj_drop: float = 0.0, norm_layer=RMSNorm,
+                 enable_flash_attn: bool = False, rope=None, qk_norm_legacy: bool = False,
+                 zero_init_output: bool = False):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
+        if attn_drop or proj_drop:
+            raise NotImplementedError("attention dropout is not used by any STDiT and is not implemented")
+        self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.use_flash = bool(enable_flash_attn) and is_ascend()  # flash kernel only exists on Ascend
+        self.qkv = Linear(dim, dim * 3, bias=qkv_bias, weight_init=XAVIER, bias_init="zeros")
+        self.qk_norm = bool(qk_norm)
+        if qk_norm:
+            self.q_norm = norm_layer(self.head_dim, eps=1e-6)
+            self.k_norm = norm_layer(self.head_dim, eps=1e-6)
+        self.qk_norm_legacy = qk_norm_legacy
+        self.proj = Linear(dim, dim, weight_init="zeros" if zero_init_output else XAVIER, bias_init="zeros")
+        self.rope = rope is not None and rope is not False
+
+    def construct(self, x, rope=None):
+        """x (B, N, C) -> (B, N, C); ``rope``: (cos, sin) tables (N, head_dim) when the cell uses RoPE."""
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).transpose(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]  # (B, H, N, D)
+        if self.rope and self.qk_norm_legacy:
+            q, k = _rotate(q, rope), _rotate(k, rope)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.rope and not self.qk_norm_legacy:
+            q, k = _rotate(q, rope), _rotate(k, rope)
+        out = attention(q, k, v, None, self.scale, self.use_flash)
+        return self.proj(out.transpose(0, 2, 1, 3).reshape(b, n, c))
+
+
+def _rotate(x, rope):
+    return apply_rotary(x, rope[0], rope[1])
+
+
+def apply_rotary(x, cos, sin):
+    """Rotate (..., n, d) by the (n, d) tables: x·cos + rotate_half(x)·sin, rotate_half(a, b) = (-b, a)."""
+    shape = x.shape
+    pairs = x.reshape(shape[:-1] + (shape[-1] // 2, 2))
+    x1, x2 = pairs[..., 0:1], pairs[..., 1:2]
+    rotated = ops.cat((-x2, x1), axis=-1).reshape(shape)
+    dtype = x.dtype
+    return (x.astype(ms.float32) * cos + rotated.astype(ms.float32) * sin).astype(dtype)
+
+
+class MultiHeadCrossAttention(nn.Cell):
+    """Cross attention from video tokens to caption tokens (``q_linear``, ``kv_linear``, ``proj``).
+
+    Upstream packs the valid caption tokens of the whole batch into one sequence and uses xformers'
+    block-diagonal mask; here every sample attends to its own (B, L) captions through a
+    (B, 1, 1 or Nq, L) boolean mask (True = attend), which gives the same result.
+
+    :meth:`project_kv` computes the keys/values of a caption once (they do not depend on the
+    timestep), so samplers can reuse them across steps through :meth:`attend`.
+    """
+
+    def __init__(self, d_model: int, num_heads: int, attn_drop: float = 0.0, proj_drop: float = 0.0,
+                 enable_flash_attn: bool = False, zero_init_output: bool = False):
+        super().__init__()
+        if d_model % num_heads:
+            raise ValueError(f"d_model ({d_model}) must be divisible by num_heads ({num_heads})")
+        if attn_drop or proj_drop:
+            raise NotImplementedError("attention dropout is not used by any STDiT and is not implemented")
+        self.d_model, self.num_heads, self.head_dim = d_model, num_heads, d_model // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.use_flash = bool(enable_flash_attn) and is_ascend()  # flash kernel only exists on Ascend
+        self.q_linear = Linear(d_model, d_model, weight_init=XAVIER, bias_init="zeros")
+        self.kv_linear = Linear(d_model, d_model * 2, weight_init=XAVIER, bias_init="zeros")
+        self.proj = Linear(d_model, d_model, weight_init="zeros" if zero_init_output else XAVIER, bias_init="zeros")
+
+    def project_kv(self, cond):
+        """cond (B, L, C) -> (2, B, H, L, D): stacked keys and values."""
+        b, l, _ = cond.shape
+        return self.kv_linear(cond).reshape(b, l, 2, self.num_heads, self.head_dim).transpose(2, 0, 3, 1, 4)
+
+    def attend(self, x, kv, mask=None):
+        """x (B, N, C), kv from :meth:`project_kv`, mask (B, 1, 1|N, L) True=attend -> (B, N, C)."""
+        b, n, c = x.shape
+        q = self.q_linear(x).reshape(b, n, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
+        out = attention(q, kv[0], kv[1], mask, self.scale, self.use_flash)
+        return self.proj(out.transpose(0, 2, 1, 3).reshape(b, n, c))
+
+    def construct(self, x, cond, mask=None):
+        return self.attend(x, self.project_kv(cond), mask)
+
+
+class T2IFinalLayer(nn.Cell):
+    """PixArt's final layer on (B, T, S, C) tokens: norm, modulation by ``t`` (t0 where x_mask is False), linear."""
+
+    def __init__(self, hidden_size: int, num_patch: int, out_channels: int, d_t=None, d_s=None,
+                 zero_init: bool = False):
+        super().__init__()
+        self.norm_final = LayerNorm(hidden_size, eps=1e-6, elementwise_affine=False)
+        init = "zeros" if zero_init else XAVIER
+        self.linear = Linear(hidden_size, int(num_patch) * out_channels, weight_init=init, bias_init="zeros")
+        self.scale_shift_table = Parameter(
+            initializer(Normal(hidden_size ** -0.5), (2, hidden_size), ms.float32), name="scale_shift_table")
+        self.out_channels = out_channels
+
+    def construct(self, x, t, x_mask=None, t0=None):
+        # upstream: (table[None] + t[:, None]).chunk(2): the same (B, C) embedding is added to both rows
+        t = ops.tile(t, (1, 2))
+        t0 = ops.tile(t0, (1, 2)) if t0 is not None else None
+        shift, scale = frame_modulations(self.scale_shift_table, t, 2, x_mask, t0)
+        return self.linear(t2i_modulate(self.norm_final(x), shift, scale))
+
+
+def scale_shift_table(rows: int, hidden_size: int) -> Parameter:
+    """Upstream's ``randn(rows, hidden) / sqrt(hidden)`` adaLN-single table."""
+    return Parameter(initializer(Normal(1 / math.sqrt(hidden_size)), (rows, hidden_size), ms.float32),
+                     name="scale_shift_table")
+
+
+def text_attention_mask(mask, batch: int):
+    """Upstream's text mask (B or 1, L) of 0/1 -> (B, 1, 1, L) boolean, True = attend; None stays None."""
+    if mask is None:
+        return None
+    mask = mask.reshape(mask.shape[0], -1)
+    if mask.shape[0] != batch:
+        mask = ops.tile(mask, (batch // mask.shape[0], 1))
+    return (mask != 0).reshape(batch, 1, 1, -1)

@@ -1,0 +1,147 @@
+"""STDiT (Open-Sora 1.0): PixArt-alpha blocks with a temporal attention after each spatial one (sharing
+its gate), fixed sin-cos position embeddings built from ``input_size`` (``space_scale`` / ``time_scale``),
+the temporal one added before the first block's temporal attention."""
+from __future__ import annotations
+
+import numpy as np
+
+import mindspore as ms
+from mindspore import Tensor, nn
+from mindspore.common.initializer import Normal
+
+from ..layers.blocks import (Attention, DropPath, Mlp, MultiHeadCrossAttention, SiLU, T2IFinalLayer,
+                             frame_modulations, scale_shift_table, t2i_modulate)
+from ..layers.embeddings import (CaptionEmbedder, PatchEmbed3D, TimestepEmbedder, get_1d_sincos_pos_embed,
+                                 get_2d_sincos_pos_embed)
+from ..layers.nn import LayerNorm, Linear, gelu_tanh
+from ..registry import MODELS
+from .common import ModelConfig, STDiTBase, build_pretrained
+
+
+class STDiTBlock(nn.Cell):
+    def __init__(self, hidden_size, num_heads, d_s=None, d_t=None, mlp_ratio=4.0, drop_path=0.0,
+                 enable_flashattn=False, enable_layernorm_kernel=False, enable_sequence_parallelism=False):
+        super().__init__()
+        self.hidden_size, self.d_s, self.d_t = hidden_size, d_s, d_t
+        self.norm1 = LayerNorm(hidden_size, eps=1e-6, elementwise_affine=False)
+        self.attn = Attention(hidden_size, num_heads=num_heads, qkv_bias=True, enable_flash_attn=enable_flashattn)
+        self.cross_attn = MultiHeadCrossAttention(hidden_size, num_heads, enable_flash_attn=enable_flashattn,
+                                                  zero_init_output=True)
+        self.norm2 = LayerNorm(hidden_size, eps=1e-6, elementwise_affine=False)
+        self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio), act_layer=gelu_tanh)
+        self.drop_path = DropPath(drop_path)
+        self.scale_shift_table = scale_shift_table(6, hidden_size)
+        # upstream zero-initialises the temporal attention's output projection (weight and bias)
+        self.attn_temp = Attention(hidden_size, num_heads=num_heads, qkv_bias=True, enable_flash_attn=enable_flashattn,
+                                   zero_init_output=True)
+
+    def construct(self, x, y, t, mask=None, tpe=None, kv=None):
+        """x (B, T, S, C); tpe (1, T, C) temporal position embedding (first block only) or None."""
+        b, nt, ns, c = x.shape
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = frame_modulations(
+            self.scale_shift_table, t, 6)
+        x_m = t2i_modulate(self.norm1(x), shift_msa, scale_msa)
+        x_s = self.attn(x_m.reshape(b * nt, ns, c)).reshape(b, nt, ns, c)
+        x = x + self.drop_path(gate_msa * x_s)
+
+        x_t = x.transpose(0, 2, 1, 3).reshape(b * ns, nt, c)
+        if tpe is not None:
+            x_t = x_t + tpe
+        x_t = self.attn_temp(x_t).reshape(b, ns, nt, c).transpose(0, 2, 1, 3)
+        x = x + self.drop_path(gate_msa * x_t)  # upstream reuses the spatial gate
+
+        if kv is None:
+            kv = self.cross_attn.project_kv(y)
+        x = x + self.cross_attn.attend(x.reshape(b, nt * ns, c), kv, mask).reshape(b, nt, ns, c)
+        x = x + self.drop_path(gate_mlp * self.mlp(t2i_modulate(self.norm2(x), shift_mlp, scale_mlp)))
+        return x
+
+
+class STDiTConfig(ModelConfig):
+    """Upstream STDiT takes these keyword arguments directly (no config class); kept for symmetry."""
+
+    model_type = "STDiT"
+    defaults = dict(
+        input_size=(1, 32, 32), in_channels=4, patch_size=(1, 2, 2), hidden_size=1152, depth=28, num_heads=16,
+        mlp_ratio=4.0, class_dropout_prob=0.1, pred_sigma=True, drop_path=0.0, no_temporal_pos_emb=False,
+        caption_channels=4096, model_max_length=120, space_scale=1.0, time_scale=1.0, freeze=None,
+        enable_flashattn=False, enable_layernorm_kernel=False, enable_sequence_parallelism=False,
+    )
+
+
+class STDiT(STDiTBase):
+    """``STDiT(**kwargs)`` as upstream (``dtype`` accepts "fp32"/"fp16"/"bf16" or a MindSpore dtype).
+
+    forward: ``(x, timestep, y, mask=None)`` plus ``y_kv`` (:meth:`precompute_y_kv`, one per block) and
+    ``force_drop_ids``. x must have the ``input_size`` the model was built with (position embeddings are fixed).
+    """
+
+    def __init__(self, config: STDiTConfig | None = None, **kwargs):
+        super().__init__()
+        cfg = config if config is not None else STDiTConfig(**kwargs)
+        self._init_common(cfg, cfg.in_channels, cfg.patch_size, cfg.hidden_size, cfg.num_heads, cfg.pred_sigma,
+                          cfg.enable_flashattn, cfg.enable_sequence_parallelism)
+        hidden = cfg.hidden_size
+        self.input_size = tuple(cfg.input_size)
+        self.depth = cfg.depth
+        self.num_temporal = self.input_size[0] // self.patch_size[0]
+        self.num_spatial = (self.input_size[1] // self.patch_size[1]) * (self.input_size[2] // self.patch_size[2])
+        self.no_temporal_pos_emb = cfg.no_temporal_pos_emb  # accepted; upstream 1.0 adds it regardless
+        # fixed sin-cos tables (upstream's pos_embed / pos_embed_temporal buffers; not in the checkpoint here)
+        grid = (self.input_size[1] // self.patch_size[1], self.input_size[2] // self.patch_size[2])
+        self.pos_embed = Tensor(get_2d_sincos_pos_embed(hidden, grid, scale=cfg.space_scale)[None], ms.float32)
+        self.pos_embed_temporal = Tensor(
+            get_1d_sincos_pos_embed(hidden, self.num_temporal, scale=cfg.time_scale)[None], ms.float32)
+
+        self.x_embedder = PatchEmbed3D(cfg.patch_size, cfg.in_channels, hidden)
+        self.t_embedder = TimestepEmbedder(hidden, weight_std=0.02)
+        self.t_block = nn.SequentialCell([SiLU(), Linear(hidden, 6 * hidden, weight_init=Normal(0.02),
+                                                         bias_init="zeros")])
+        self.y_embedder = CaptionEmbedder(cfg.caption_channels, hidden, cfg.class_dropout_prob, act_layer=gelu_tanh,
+                                          token_num=cfg.model_max_length, weight_std=0.02)
+        drop_path = np.linspace(0, cfg.drop_path, cfg.depth).tolist()
+        self.blocks = nn.CellList([
+            STDiTBlock(hidden, cfg.num_heads, d_s=self.num_spatial, d_t=self.num_temporal, mlp_ratio=cfg.mlp_ratio,
+                       drop_path=drop_path[i], enable_flashattn=cfg.enable_flashattn)
+            for i in range(cfg.depth)])
+        self.final_layer = T2IFinalLayer(hidden, int(np.prod(self.patch_size)), self.out_channels, zero_init=True)
+
+        if cfg.freeze is not None:
+            if cfg.freeze not in ("not_temporal", "text"):
+                raise ValueError(f"freeze must be None, 'not_temporal' or 'text', got {cfg.freeze!r}")
+            for param in self.get_parameters():
+                if (cfg.freeze == "not_temporal" and "attn_temp" not in param.name) or \
+                        (cfg.freeze == "text" and "cross_attn" in param.name):
+                    param.requires_grad = False
+        self.y_embedder.y_embedding.requires_grad = False
+        self._apply_training_options(cfg)
+
+    def _blocks(self):
+        return list(self.blocks)
+
+    def construct(self, x, timestep, y, mask=None, y_kv=None, force_drop_ids=None):
+        dtype = self.dtype
+        b = x.shape[0]
+        nt, nh, nw = self.get_dynamic_size(x)
+        if (nt, nh * nw) != (self.num_temporal, self.num_spatial):
+            raise ValueError(f"STDiT was built for input_size {self.input_size}; got a latent of shape {x.shape}")
+        x = x.astype(dtype)
+        timestep = timestep.astype(dtype)
+        x = self.x_embedder(x).reshape(b, nt, self.num_spatial, self.hidden_size) + self.pos_embed.astype(dtype)
+        t = self.t_embedder(timestep, dtype)
+        t_mlp = self.t_block(t)
+        cond, y_kv = self._caption_kv_source(y, y_kv, force_drop_ids)
+        attn_mask = self._text_mask(mask, b)
+        tpe = self.pos_embed_temporal.astype(dtype)
+        for i in range(self.depth):
+            kv = None if y_kv is None else y_kv[i]
+            x = self.blocks[i](x, cond, t_mlp, attn_mask, tpe if i == 0 else None, kv)
+        x = self.final_layer(x, t)
+        x = self.unpatchify(x, nt, nh, nw, *self.input_size)
+        return x.astype(ms.float32)
+
+
+@MODELS.register("STDiT-XL/2")
+def STDiT_XL_2(from_pretrained=None, **kwargs):
+    return build_pretrained(STDiT, STDiTConfig, dict(depth=28, hidden_size=1152, patch_size=(1, 2, 2), num_heads=16),
+                            from_pretrained, **kwargs)

@@ -1,0 +1,189 @@
+"""STDiT3 (Open-Sora 1.2): alternating spatial and temporal blocks, each with self attention, caption
+cross attention and an MLP; fps added to the timestep embedding; ``x_mask`` gives conditioned frames
+the t=0 modulation; position embedding rescaled by the pixel resolution (``height``, ``width``)."""
+from __future__ import annotations
+
+import numpy as np
+
+import mindspore as ms
+from mindspore import nn, ops
+
+from ..layers.blocks import (Attention, DropPath, Mlp, MultiHeadCrossAttention, SiLU, T2IFinalLayer, XAVIER,
+                             frame_modulations, scale_shift_table, t2i_modulate)
+from ..layers.embeddings import (CaptionEmbedder, PatchEmbed3D, PositionEmbedding2D, RotaryEmbedding, SizeEmbedder,
+                                 TimestepEmbedder)
+from ..layers.nn import LayerNorm, Linear, gelu_tanh
+from ..registry import MODELS
+from .common import ModelConfig, STDiTBase, build_pretrained
+
+
+class STDiT3Block(nn.Cell):
+    """One spatial (attention over the S patches of a frame) or temporal (over the T frames of a patch)
+    block on (B, T, S, C) tokens. ``rope`` (constructor): use rotary embeddings (temporal blocks)."""
+
+    def __init__(self, hidden_size, num_heads, mlp_ratio=4.0, drop_path=0.0, rope=None, qk_norm=False,
+                 temporal=False, enable_flash_attn=False, enable_layernorm_kernel=False,
+                 enable_sequence_parallelism=False):
+        super().__init__()
+        self.temporal = temporal
+        self.hidden_size = hidden_size
+        self.norm1 = LayerNorm(hidden_size, eps=1e-6, elementwise_affine=False)
+        # upstream zero-initialises the output projections of the temporal blocks
+        self.attn = Attention(hidden_size, num_heads=num_heads, qkv_bias=True, qk_norm=qk_norm, rope=rope,
+                              enable_flash_attn=enable_flash_attn, zero_init_output=temporal)
+        self.cross_attn = MultiHeadCrossAttention(hidden_size, num_heads, enable_flash_attn=enable_flash_attn,
+                                                  zero_init_output=temporal)
+        self.norm2 = LayerNorm(hidden_size, eps=1e-6, elementwise_affine=False)
+        self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio), act_layer=gelu_tanh, zero_init_output=temporal)
+        self.drop_path = DropPath(drop_path)
+        self.scale_shift_table = scale_shift_table(6, hidden_size)
+
+    def construct(self, x, y, t, mask=None, x_mask=None, t0=None, rope=None, kv=None):
+        """x (B, T, S, C); y (B, L, C) caption tokens or None when ``kv`` (precomputed) is given;
+        t / t0 (B, 6C) modulation embeddings; mask (B, 1, 1, L) True = attend; x_mask (B, T)."""
+        b, nt, ns, c = x.shape
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = frame_modulations(
+            self.scale_shift_table, t, 6, x_mask, t0)
+
+        x_m = t2i_modulate(self.norm1(x), shift_msa, scale_msa)
+        if self.temporal:
+            x_m = x_m.transpose(0, 2, 1, 3).reshape(b * ns, nt, c)
+            x_m = self.attn(x_m, rope).reshape(b, ns, nt, c).transpose(0, 2, 1, 3)
+        else:
+            x_m = self.attn(x_m.reshape(b * nt, ns, c)).reshape(b, nt, ns, c)
+        x = x + self.drop_path(gate_msa * x_m)
+
+        if kv is None:
+            kv = self.cross_attn.project_kv(y)
+        x = x + self.cross_attn.attend(x.reshape(b, nt * ns, c), kv, mask).reshape(b, nt, ns, c)
+
+        x_m = t2i_modulate(self.norm2(x), shift_mlp, scale_mlp)
+        x = x + self.drop_path(gate_mlp * self.mlp(x_m))
+        return x
+
+
+class STDiT3Config(ModelConfig):
+    model_type = "STDiT3"
+    defaults = dict(
+        input_size=(None, None, None), input_sq_size=512, in_channels=4, patch_size=(1, 2, 2), hidden_size=1152,
+        depth=28, num_heads=16, mlp_ratio=4.0, class_dropout_prob=0.1, pred_sigma=True, drop_path=0.0,
+        caption_channels=4096, model_max_length=300, qk_norm=True, enable_flash_attn=False,
+        enable_layernorm_kernel=False, enable_sequence_parallelism=False, only_train_temporal=False,
+        freeze_y_embedder=False, skip_y_embedder=False,
+    )
+
+
+class STDiT3(STDiTBase):
+    """``STDiT3(config)`` or ``STDiT3(**kwargs)`` with :class:`STDiT3Config`'s keys.
+
+    forward: ``(x, timestep, y, mask=None, x_mask=None, fps=None, height=None, width=None)`` as upstream,
+    plus ``y_kv`` (from :meth:`precompute_y_kv`, block order: spatial 0..depth-1 then temporal
+    0..depth-1) and ``force_drop_ids`` (caption dropout). Returns float32 (B, out_channels, T, H, W).
+    """
+
+    def __init__(self, config: STDiT3Config | None = None, **kwargs):
+        super().__init__()
+        cfg = config if config is not None else STDiT3Config(**kwargs)
+        if config is not None and kwargs:
+            raise TypeError("pass either a config or keyword arguments, not both")
+        self._init_common(cfg, cfg.in_channels, cfg.patch_size, cfg.hidden_size, cfg.num_heads, cfg.pred_sigma,
+                          cfg.enable_flash_attn, cfg.enable_sequence_parallelism)
+        hidden = cfg.hidden_size
+        self.depth = cfg.depth
+        self.input_sq_size = cfg.input_sq_size
+        self.skip_y_embedder = bool(cfg.skip_y_embedder)
+        self.pos_embed = PositionEmbedding2D(hidden)
+        self.rope = RotaryEmbedding(dim=hidden // cfg.num_heads)
+
+        self.x_embedder = PatchEmbed3D(cfg.patch_size, cfg.in_channels, hidden)
+        self.t_embedder = TimestepEmbedder(hidden)
+        self.fps_embedder = SizeEmbedder(hidden, dtype=self.dtype, zero_init_output=True)
+        self.t_block = nn.SequentialCell([SiLU(), Linear(hidden, 6 * hidden, weight_init=XAVIER, bias_init="zeros")])
+        self.y_embedder = CaptionEmbedder(cfg.caption_channels, hidden, cfg.class_dropout_prob, act_layer=gelu_tanh,
+                                          token_num=cfg.model_max_length)
+        drop_path = np.linspace(0, cfg.drop_path, cfg.depth).tolist()
+        common = dict(mlp_ratio=cfg.mlp_ratio, qk_norm=cfg.qk_norm, enable_flash_attn=cfg.enable_flash_attn,
+                      enable_layernorm_kernel=cfg.enable_layernorm_kernel)
+        self.spatial_blocks = nn.CellList([
+            STDiT3Block(hidden, cfg.num_heads, drop_path=drop_path[i], **common) for i in range(cfg.depth)])
+        self.temporal_blocks = nn.CellList([
+            STDiT3Block(hidden, cfg.num_heads, drop_path=drop_path[i], temporal=True, rope=True, **common)
+            for i in range(cfg.depth)])
+        self.final_layer = T2IFinalLayer(hidden, int(np.prod(self.patch_size)), self.out_channels)
+
+        if cfg.only_train_temporal:
+            for param in self.get_parameters():
+                param.requires_grad = False
+            for block in self.temporal_blocks:
+                for param in block.get_parameters():
+                    param.requires_grad = True
+        if cfg.freeze_y_embedder:
+            for param in self.y_embedder.get_parameters():
+                param.requires_grad = False
+        self.rope.freqs.requires_grad = False
+        self.y_embedder.y_embedding.requires_grad = False
+        self._apply_training_options(cfg)
+
+    def _blocks(self):
+        return list(self.spatial_blocks) + list(self.temporal_blocks)
+
+    def embed_caption(self, y, force_drop_ids=None):
+        if self.skip_y_embedder:  # y is already (B, 1, L, hidden): e.g. cached projected captions
+            return y.reshape(y.shape[0], y.shape[2], y.shape[3]).astype(self.dtype)
+        return super().embed_caption(y, force_drop_ids)
+
+    def construct(self, x, timestep, y, mask=None, x_mask=None, fps=None, height=None, width=None, y_kv=None,
+                  force_drop_ids=None):
+        if fps is None or height is None or width is None:
+            raise ValueError("STDiT3 needs fps, height and width tensors (B,) (pixel height/width of the video)")
+        dtype = self.dtype
+        b = x.shape[0]
+        x = x.astype(dtype)
+        timestep = timestep.astype(dtype)
+
+        # === position embedding, scaled by the pixel resolution ===
+        _, _, tx, hx, wx = x.shape
+        nt, nh, nw = self.get_dynamic_size(x)
+        ns = nh * nw
+        base_size = round(ns ** 0.5)
+        resolution_sq = ops.sqrt(height[0].astype(ms.float32) * width[0].astype(ms.float32))
+        pos_emb = self.pos_embed(nh, nw, resolution_sq / self.input_sq_size, base_size).astype(dtype)
+
+        # === timestep (+ fps) embedding; t=0 embedding for conditioned frames ===
+        fps_emb = self.fps_embedder(fps.reshape(-1, 1), b)
+        t = self.t_embedder(timestep, dtype) + fps_emb
+        t_mlp = self.t_block(t)
+        t0 = None
+        t0_mlp = None
+        if x_mask is not None:
+            t0 = self.t_embedder(ops.zeros_like(timestep), dtype) + fps_emb
+            t0_mlp = self.t_block(t0)
+
+        # === captions ===
+        cond, y_kv = self._caption_kv_source(y, y_kv, force_drop_ids)
+        attn_mask = self._text_mask(mask, b)
+
+        # === blocks on (B, T, S, C) ===
+        x = self.x_embedder(x).reshape(b, nt, ns, self.hidden_size) + pos_emb.reshape(1, 1, ns, self.hidden_size)
+        rope = self.rope.tables(nt)
+        for i in range(self.depth):
+            kv_s = None if y_kv is None else y_kv[i]
+            kv_t = None if y_kv is None else y_kv[self.depth + i]
+            x = self.spatial_blocks[i](x, cond, t_mlp, attn_mask, x_mask, t0_mlp, None, kv_s)
+            x = self.temporal_blocks[i](x, cond, t_mlp, attn_mask, x_mask, t0_mlp, rope, kv_t)
+
+        x = self.final_layer(x, t, x_mask, t0)
+        x = self.unpatchify(x, nt, nh, nw, tx, hx, wx)
+        return x.astype(ms.float32)
+
+
+@MODELS.register("STDiT3-XL/2")
+def STDiT3_XL_2(from_pretrained=None, **kwargs):
+    return build_pretrained(STDiT3, STDiT3Config, dict(depth=28, hidden_size=1152, patch_size=(1, 2, 2),
+                                                       num_heads=16), from_pretrained, **kwargs)
+
+
+@MODELS.register("STDiT3-3B/2")
+def STDiT3_3B_2(from_pretrained=None, **kwargs):
+    return build_pretrained(STDiT3, STDiT3Config, dict(depth=28, hidden_size=1872, patch_size=(1, 2, 2),
+                                                       num_heads=26), from_pretrained, **kwargs)
