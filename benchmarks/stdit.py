@@ -11,6 +11,12 @@ model of N spatial+temporal block pairs; full-depth times are then EXTRAPOLATED 
 per-block figures: t(28) = t(N) + (28 - N) * (t(N) - t(0)) / N is not measurable without t(0), so we
 report t(N) * 28 / N (an upper bound: the embedders and final layer are scaled too, they are < 1%).
 
+Graph mode on the CPU backend allocates every intermediate of the compiled graph statically
+(~2.8 GB per spatial+temporal block pair here, not reused; ``memory_optimize_level``,
+``MS_DEV_RUNTIME_CONF`` and jit O1 do not change it; ``lazy_inline`` fails on CPU), so the full
+28-pair graph needs ~80 GB: measure graph mode with ``--depth 1`` or ``2`` (the watchdog kills a
+larger run and the PyNative figures are still written).
+
 A sampling step is measured as the sampler runs it: caption keys/values precomputed once
 (``precompute_y_kv``) and passed as ``y_kv``.
 """
@@ -77,7 +83,7 @@ def _atomic_json(data, path):
 
 
 # ------------------------------------------------------------------------------------------ child
-def run_mode(mode, depth, runs, part_path):
+def run_mode(mode, depth, runs, part_path, check=False):
     """One mode in this process; every stage's figures are written to ``part_path`` as soon as known."""
     import mindspore as ms
 
@@ -94,9 +100,7 @@ def run_mode(mode, depth, runs, part_path):
         _atomic_json(out, part_path)
 
     save()
-    if os.environ.get("STDIT_BENCH_MEM_LEVEL"):  # experiment hook
-        ms.runtime.set_memory(optimize_level=os.environ["STDIT_BENCH_MEM_LEVEL"])
-    init_runtime("CPU", mode=mode, jit_level=os.environ.get("STDIT_BENCH_JIT", "O0"), seed=0)
+    init_runtime("CPU", mode="pynative" if mode == "pynative" else "graph", jit_level="O0", seed=0)
     rng = np.random.default_rng(0)
     inputs = dict(
         x=ms.Tensor(rng.standard_normal((1, 4, T, H, W)).astype(np.float32)),
@@ -129,15 +133,25 @@ def run_mode(mode, depth, runs, part_path):
         out["peak_rss_gb_after_precompute"] = mem.peak_gb
         save("precomputed")
 
+        forward = net
+        if mode == "blockwise":
+            from opensora.models.stdit.blockwise import BlockwiseRunner
+
+            reference = net(**inputs, y=None, y_kv=y_kv).asnumpy() if check else None
+            forward = BlockwiseRunner(net)
+            out["rss_gb_after_runner_init"] = rss_bytes() / 2**30
+
         def step():
-            net(**inputs, y=None, y_kv=y_kv).asnumpy()
+            return forward(**inputs, y=None, y_kv=y_kv).asnumpy()
 
         start = time.perf_counter()
         step()
         out["first_step_s"] = time.perf_counter() - start  # graph: compile + one step
         out["peak_rss_gb_after_first_step"] = mem.peak_gb
         save("first_step")
-        step()  # warm-up
+        result = step()  # warm-up: the second pass over every block
+        if mode == "blockwise" and check:  # weight swapping must give the whole graph's numbers
+            out["check_max_abs_diff_vs_whole_graph"] = float(np.abs(result - reference).max())
         save("warm")
         stats = summarize(_time_runs(step, runs))
         stats["gflops_achieved"] = flops / stats["median_s"] / 1e9
@@ -173,7 +187,7 @@ def _rss_gb(pid):
 
 def _run_child(mode, args, part_path):
     cmd = [sys.executable, "-m", "benchmarks.stdit", "--child", mode, "--depth", str(args.depth),
-           "--runs", str(args.runs if mode == "graph" else args.pynative_runs), "--part", part_path]
+           "--runs", str(args.runs if mode != "pynative" else args.pynative_runs), "--part", part_path] + (["--check"] if args.check else [])
     proc = subprocess.Popen(cmd)
     watched_peak, killed = 0.0, False
     deadline = time.time() + args.timeout
@@ -191,7 +205,7 @@ def _run_child(mode, args, part_path):
 
 def summarize_report(report, depth):
     modes = report["modes"]
-    g = modes.get("graph", {}).get("step")
+    g = modes.get("graph", {}).get("step") or modes.get("blockwise", {}).get("step")
     p = modes.get("pynative", {}).get("step")
     if g and p:
         report["graph_speedup_vs_pynative"] = p["median_s"] / g["median_s"]
@@ -212,26 +226,31 @@ def main(argv=None):
     parser.add_argument("--depth", type=int, default=FULL_DEPTH)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--pynative-runs", type=int, default=2)
-    parser.add_argument("--modes", default="graph,pynative")
+    parser.add_argument("--modes", default="graph,pynative",
+                        help="graph: whole model one graph (CPU keeps ~2.8 GB of intermediates per block pair: "
+                             "use --depth <= 5); blockwise: one compiled spatial + temporal block graph reused "
+                             "(opensora/models/stdit/blockwise.py)")
     parser.add_argument("--no-pynative", action="store_true")
     parser.add_argument("--max-rss-gb", type=float, default=18.0, help="kill a mode's process above this RSS")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per mode")
     parser.add_argument("--torch-s", type=float, default=41.0, help="torch forward seconds for the ratio")
     parser.add_argument("--out", default=None, help="write the JSON report here (updated after every stage)")
+    parser.add_argument("--check", action="store_true", help="blockwise: compare with the whole-graph forward "
+                        "(the whole graph must fit: small --depth only)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--part", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if not 1 <= args.depth <= FULL_DEPTH:
         parser.error(f"--depth must be in 1..{FULL_DEPTH}")
     if args.child:
-        run_mode(args.child, args.depth, args.runs, args.part)
+        run_mode(args.child, args.depth, args.runs, args.part, args.check)
         return
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if args.no_pynative and "pynative" in modes:
         modes.remove("pynative")
-    bad = set(modes) - {"graph", "pynative"}
+    bad = set(modes) - {"graph", "pynative", "blockwise"}
     if bad:
-        parser.error(f"unknown mode(s) {sorted(bad)}; use graph and/or pynative")
+        parser.error(f"unknown mode(s) {sorted(bad)}; use graph, blockwise and/or pynative")
 
     report = {
         "benchmark": f"STDiT3-XL/2 forward (depth {args.depth} of {FULL_DEPTH}), latent (1, 4, {T}, {H}, {W}), "

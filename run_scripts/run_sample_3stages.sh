@@ -20,7 +20,7 @@ mkdir -p "$OUT"
 
 # the T5 and VAE settings of the config (weights directory, max length, random-init source)
 eval "$(python - "$CONFIG" "$@" <<'PY'
-import shlex, sys
+import json, shlex, sys
 sys.path.insert(0, ".")
 from opensora.inference.options import inference_schema
 from opensora.inference.components import text_encoder_cfg, vae_cfg
@@ -30,11 +30,7 @@ vae = vae_cfg(cfg.vae, cfg.random_weights_dir)
 print(f"T5_DIR={shlex.quote(str(t5['from_pretrained']))}")
 print(f"T5_LEN={int(t5.get('model_max_length', 120))}")
 print(f"VAE_WEIGHTS={shlex.quote(str(vae['from_pretrained']))}")
-print("VAE_TYPE=" + ("sd" if vae["type"] == "VideoAutoencoderKL" else "opensora-1.2"))
-print(f"VAE_MICRO_BATCH={int(vae.get('micro_batch_size') or 4)}")
-if vae.get("temporal_kwargs") or vae.get("vae_2d_config"):
-    print("echo 'error: infer_vae_decode.py builds the standard VAE architectures only; this config has a custom "
-          "(tiny) VAE' >&2; exit 1")
+print(f"VAE_CFG={shlex.quote(json.dumps(vae))}")  # the config's own VAE section, weights resolved
 PY
 )"
 
@@ -48,6 +44,5 @@ python scripts/inference.py --config "$CONFIG" --prompt-path "$PROMPTS" --save-d
     --text_embed_folder "$OUT/text_embed" --no_vae_decode true "$@"
 
 echo "== stage 3: decode ($VAE_WEIGHTS)"
-python scripts/infer_vae_decode.py --latent_path "$OUT/latents" --output_dir "$OUT" \
-    --vae_type "$VAE_TYPE" --vae_checkpoint "$VAE_WEIGHTS" --vae_micro_batch_size "$VAE_MICRO_BATCH"
+python scripts/infer_vae_decode.py --latent_path "$OUT/latents" --output_dir "$OUT" --vae "$VAE_CFG"
 echo "videos in $OUT"

@@ -33,6 +33,9 @@ LATENT_KEY = "latent"
 SCHEMA = Schema([
     Option("latent_path", optional(str), None, "a .npy/.npz file or a folder of them"),
     Option("output_dir", optional(str), None, "folder of the videos", aliases=("save_dir",)),
+    Option("vae", is_dict=True, default=None,
+           help="a VAE section as in the inference configs ({type: OpenSoraVAE_V1_2, from_pretrained: ..., ...}); "
+                "when given it replaces --vae_type/--vae_checkpoint/--vae_config (run_sample_3stages.sh passes it)"),
     Option("vae_type", str, "opensora-1.2", "sd (SD VAE, Open-Sora 1.0/1.1) or opensora-1.2"),
     Option("vae_checkpoint", optional(str), None, "HF-style directory, .safetensors or converted .ckpt"),
     Option("vae_config", optional(str), None, "diffusers config.json of the (2D) image VAE, if not next to the weights"),
@@ -109,10 +112,17 @@ def main(argv=None) -> int:
     from opensora.models.vae.presets import build_video_vae, vae_class_name
     from opensora.runtime import init_runtime
 
-    is_v12 = vae_class_name(cfg.vae_type) == "OpenSoraVAE_V1_2"
     init_runtime(cfg.device_target, cfg.mode, cfg.jit_level, seed=None)
-    vae = build_video_vae(cfg.vae_type, cfg.vae_checkpoint, cfg.vae_micro_batch_size, cfg.vae_micro_frame_size,
-                          cfg.vae_config, cfg.dtype)
+    if cfg.vae:
+        from opensora.models.registry import VAES
+
+        vae = VAES.build(cfg.vae)
+        is_v12 = cfg.vae["type"] in ("OpenSoraVAE_V1_2", "VideoAutoencoderPipeline")
+        vae.set_train(False)
+    else:
+        is_v12 = vae_class_name(cfg.vae_type) == "OpenSoraVAE_V1_2"
+        vae = build_video_vae(cfg.vae_type, cfg.vae_checkpoint, cfg.vae_micro_batch_size, cfg.vae_micro_frame_size,
+                              cfg.vae_config, cfg.dtype)
     os.makedirs(cfg.output_dir, exist_ok=True)
     written = 0
     for path in tqdm(files, desc="decode", unit="file"):

@@ -134,6 +134,20 @@ class STDiT3(STDiTBase):
 
     def construct(self, x, timestep, y, mask=None, x_mask=None, fps=None, height=None, width=None, y_kv=None,
                   force_drop_ids=None):
+        x, cond, t, t_mlp, t0, t0_mlp, attn_mask, rope, y_kv, sizes = self.prepare(
+            x, timestep, y, mask, x_mask, fps, height, width, y_kv, force_drop_ids)
+        for i in range(self.depth):
+            kv_s = None if y_kv is None else y_kv[i]
+            kv_t = None if y_kv is None else y_kv[self.depth + i]
+            x = self.spatial_blocks[i](x, cond, t_mlp, attn_mask, x_mask, t0_mlp, None, kv_s)
+            x = self.temporal_blocks[i](x, cond, t_mlp, attn_mask, x_mask, t0_mlp, rope, kv_t)
+        return self.finish(x, t, x_mask, t0, sizes)
+
+    def prepare(self, x, timestep, y, mask=None, x_mask=None, fps=None, height=None, width=None, y_kv=None,
+                force_drop_ids=None):
+        """Everything before the blocks (split out so that a runner can drive the blocks one by one,
+        see ``blockwise.py``). Returns (tokens (B, T, S, C), cond, t, t_mlp, t0, t0_mlp, attn_mask,
+        rope tables, y_kv, sizes for :meth:`finish`)."""
         if fps is None or height is None or width is None:
             raise ValueError("STDiT3 needs fps, height and width tensors (B,) (pixel height/width of the video)")
         dtype = self.dtype
@@ -163,15 +177,14 @@ class STDiT3(STDiTBase):
         cond, y_kv = self._caption_kv_source(y, y_kv, force_drop_ids)
         attn_mask = self._text_mask(mask, b)
 
-        # === blocks on (B, T, S, C) ===
+        # === tokens (B, T, S, C) ===
         x = self.x_embedder(x).reshape(b, nt, ns, self.hidden_size) + pos_emb.reshape(1, 1, ns, self.hidden_size)
         rope = self.rope.tables(nt)
-        for i in range(self.depth):
-            kv_s = None if y_kv is None else y_kv[i]
-            kv_t = None if y_kv is None else y_kv[self.depth + i]
-            x = self.spatial_blocks[i](x, cond, t_mlp, attn_mask, x_mask, t0_mlp, None, kv_s)
-            x = self.temporal_blocks[i](x, cond, t_mlp, attn_mask, x_mask, t0_mlp, rope, kv_t)
+        return x, cond, t, t_mlp, t0, t0_mlp, attn_mask, rope, y_kv, (nt, nh, nw, tx, hx, wx)
 
+    def finish(self, x, t, x_mask, t0, sizes):
+        """Final layer and unpatchify: tokens (B, T, S, C) -> float32 (B, out_channels, T, H, W)."""
+        nt, nh, nw, tx, hx, wx = sizes
         x = self.final_layer(x, t, x_mask, t0)
         x = self.unpatchify(x, nt, nh, nw, tx, hx, wx)
         return x.astype(ms.float32)
