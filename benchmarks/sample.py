@@ -64,7 +64,7 @@ def _mean(values):
 def run(argv=None) -> dict:
     from opensora.config import Schema
     from opensora.inference.pipeline import InferencePipeline
-    from opensora.runtime import init_runtime
+    from opensora.runtime import init_runtime_from
 
     cfg = Schema(_options(), description="sampling benchmark").parse(argv)
     if cfg.prompt is None and cfg.prompt_path is None:
@@ -72,7 +72,7 @@ def run(argv=None) -> dict:
     cfg.verbose = 0
     report = {"benchmark": "sample", "config": {k: v for k, v in cfg.items()}, "host": None}
     with PeakMemory() as mem:
-        init_runtime(cfg.device_target, mode=cfg.mode, jit_level=cfg.jit_level, seed=cfg.seed)
+        init_runtime_from(cfg, seed=cfg.seed)
         t0 = time.perf_counter()
         pipe = InferencePipeline(cfg).load()
         report["model_load_s"] = {"total": time.perf_counter() - t0, **pipe.stats["load_s"]}

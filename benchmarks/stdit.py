@@ -1,21 +1,25 @@
 """STDiT3-XL/2 forward (random weights) at the 144p 9:16 2s latent (1, 4, 15, 18, 32) with a 300-token
 caption: graph mode vs PyNative, compile time, peak RSS, achieved FLOP/s vs a large float32 matmul.
 
-    flock /tmp/heavy.lock .venv/bin/python -m benchmarks.stdit [--depth 28] [--runs 3] [--modes graph,pynative]
-        [--out report.json] [--max-rss-gb 18]
+    flock /tmp/heavy.lock .venv/bin/python -m benchmarks.stdit [--depth 28] [--runs 3]
+        [--modes graph,blockwise,pynative] [--out report.json] [--max-rss-gb 18] [--check]
+
+Modes: ``graph`` = the whole model as one compiled graph (ms.GRAPH_MODE); ``blockwise`` = graph mode
+with one compiled spatial and one compiled temporal block graph reused for all 56 blocks
+(opensora/models/stdit/blockwise.py; ``--check`` compares it with ``graph``, small depth only);
+``pynative`` = op by op.
 
 Each mode runs in its own subprocess (an OOM or crash in one mode keeps the other's figures); a
 watchdog kills a child whose RSS exceeds ``--max-rss-gb``. The JSON report is rewritten (atomically)
 after every stage, so a killed run still leaves what it measured. ``--depth N`` (< 28) builds a
-model of N spatial+temporal block pairs; full-depth times are then EXTRAPOLATED (labelled so) from
-per-block figures: t(28) = t(N) + (28 - N) * (t(N) - t(0)) / N is not measurable without t(0), so we
-report t(N) * 28 / N (an upper bound: the embedders and final layer are scaled too, they are < 1%).
+model of N spatial+temporal block pairs; full-depth times are then EXTRAPOLATED (labelled so) as
+t(N) * 28 / N (a slight upper bound: the embedders and final layer, < 1% of the FLOPs, are scaled too).
 
 Graph mode on the CPU backend allocates every intermediate of the compiled graph statically
 (~2.8 GB per spatial+temporal block pair here, not reused; ``memory_optimize_level``,
 ``MS_DEV_RUNTIME_CONF`` and jit O1 do not change it; ``lazy_inline`` fails on CPU), so the full
-28-pair graph needs ~80 GB: measure graph mode with ``--depth 1`` or ``2`` (the watchdog kills a
-larger run and the PyNative figures are still written).
+28-pair graph needs ~80 GB: measure ``graph`` with ``--depth 1`` or ``2`` (the watchdog kills a
+larger run and the other modes' figures are still written); ``blockwise`` runs at full depth.
 
 A sampling step is measured as the sampler runs it: caption keys/values precomputed once
 (``precompute_y_kv``) and passed as ``y_kv``.
@@ -187,7 +191,8 @@ def _rss_gb(pid):
 
 def _run_child(mode, args, part_path):
     cmd = [sys.executable, "-m", "benchmarks.stdit", "--child", mode, "--depth", str(args.depth),
-           "--runs", str(args.runs if mode != "pynative" else args.pynative_runs), "--part", part_path] + (["--check"] if args.check else [])
+           "--runs", str(args.runs if mode != "pynative" else args.pynative_runs), "--part", part_path]
+    cmd += ["--check"] if args.check else []
     proc = subprocess.Popen(cmd)
     watched_peak, killed = 0.0, False
     deadline = time.time() + args.timeout
@@ -227,9 +232,7 @@ def main(argv=None):
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--pynative-runs", type=int, default=2)
     parser.add_argument("--modes", default="graph,pynative",
-                        help="graph: whole model one graph (CPU keeps ~2.8 GB of intermediates per block pair: "
-                             "use --depth <= 5); blockwise: one compiled spatial + temporal block graph reused "
-                             "(opensora/models/stdit/blockwise.py)")
+                        help="comma list of graph, blockwise, pynative (see above)")
     parser.add_argument("--no-pynative", action="store_true")
     parser.add_argument("--max-rss-gb", type=float, default=18.0, help="kill a mode's process above this RSS")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per mode")

@@ -14,6 +14,8 @@ import numpy as np
 
 import mindspore as ms
 
+from .config import Option
+
 logger = logging.getLogger(__name__)
 
 DEVICE_TARGETS = ("CPU", "GPU", "Ascend")
@@ -104,6 +106,20 @@ def init_runtime(
         "runtime: device=%s mode=%s jit=%s rank=%d/%d", device_target, mode, jit_level, rank_id, device_num
     )
     return _CURRENT
+
+
+def runtime_options() -> list[Option]:
+    """The runtime keys every script accepts (one definition, so they are spelled and checked alike)."""
+    return [
+        Option("device_target", str, "CPU", "device: CPU, GPU or Ascend", choices=DEVICE_TARGETS),
+        Option("mode", str, "graph", "graph (compiled, default) or pynative (eager, for debugging)", choices=MODES),
+        Option("jit_level", str, "O0", "graph-mode jit level", choices=JIT_LEVELS),
+    ]
+
+
+def init_runtime_from(cfg, seed: int | None = None, **kwargs) -> Runtime:
+    """:func:`init_runtime` with the keys of :func:`runtime_options` read from a parsed config."""
+    return init_runtime(cfg.device_target, mode=cfg.mode, jit_level=cfg.jit_level, seed=seed, **kwargs)
 
 
 def current_runtime() -> Runtime:

@@ -28,6 +28,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from opensora.config import ConfigError, Option, Schema, optional, str2bool  # noqa: E402
+from opensora.runtime import runtime_options  # noqa: E402
 from opensora.datasets.embedding_cache import cache_file_for, is_cached, write_text_embedding  # noqa: E402
 
 logger = logging.getLogger("infer_t5")
@@ -46,9 +47,7 @@ SCHEMA = Schema([
     Option("overwrite", str2bool, False, "recompute files that already exist"),
     Option("clean_caption", str, "auto", "upstream caption cleaning: auto = prompts yes, csv captions no",
            choices=("auto", "true", "false")),
-    Option("mode", str, "graph", "MindSpore execution mode", choices=("graph", "pynative")),
-    Option("jit_level", str, "O0", "graph-mode jit level", choices=("O0", "O1", "O2")),
-    Option("device_target", str, "CPU", "device", choices=("CPU", "GPU", "Ascend")),
+    *runtime_options(),
 ], description="Cache T5 text embeddings as npz files")
 
 
@@ -124,9 +123,9 @@ def run(cfg) -> int:
     from tqdm import tqdm
 
     from opensora.models.text_encoder import T5Encoder, text_preprocessing
-    from opensora.runtime import init_runtime
+    from opensora.runtime import init_runtime_from
 
-    init_runtime(cfg.device_target, mode=cfg.mode, jit_level=cfg.jit_level, seed=None)
+    init_runtime_from(cfg)
     encoder = T5Encoder(from_pretrained=cfg.t5_model_dir, model_max_length=cfg.model_max_length, dtype=cfg.dtype)
     clean = are_prompts if cfg.clean_caption == "auto" else cfg.clean_caption == "true"
     written = 0

@@ -28,6 +28,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from opensora.config import ConfigError, Option, Schema, optional, parse_config, str2bool  # noqa: E402
+from opensora.runtime import runtime_options  # noqa: E402
 from opensora.datasets.embedding_cache import cache_file_for, is_cached, write_video_latent  # noqa: E402
 
 logger = logging.getLogger("infer_vae")
@@ -59,9 +60,7 @@ SCHEMA = Schema([
     Option("vae_micro_frame_size", int, 17, "frames per temporal-VAE chunk (opensora-1.2)"),
     Option("dtype", str, "float32", "VAE compute dtype", choices=("float32", "fp32", "float16", "fp16", "bfloat16", "bf16")),
     Option("overwrite", str2bool, False, "recompute files that already exist"),
-    Option("mode", str, "graph", "MindSpore execution mode", choices=("graph", "pynative")),
-    Option("jit_level", str, "O0", "graph-mode jit level", choices=("O0", "O1", "O2")),
-    Option("device_target", str, "CPU", "device", choices=("CPU", "GPU", "Ascend")),
+    *runtime_options(),
     Option("seed", int, 42, "random seed"),
 ], description="Cache VAE latents of videos as npz files")
 
@@ -135,7 +134,7 @@ def main(argv=None) -> int:
     from opensora.datasets.transforms import get_transform
     from opensora.datasets.video_io import VideoReadError
     from opensora.models.vae.presets import build_video_vae, vae_class_name
-    from opensora.runtime import init_runtime
+    from opensora.runtime import init_runtime_from
 
     vae_name = vae_class_name(cfg.vae_type)
     os.makedirs(cfg.output_dir, exist_ok=True)
@@ -146,7 +145,7 @@ def main(argv=None) -> int:
     logger.info("%d videos, %d already cached, %d to encode at %dx%d", len(items), skipped, len(todo), *size)
     failures = []
     if todo:
-        init_runtime(cfg.device_target, cfg.mode, cfg.jit_level, seed=cfg.seed)
+        init_runtime_from(cfg, seed=cfg.seed)
         vae = build_video_vae(cfg.vae_type, cfg.vae_checkpoint, cfg.vae_micro_batch_size, cfg.vae_micro_frame_size,
                               cfg.vae_config, cfg.dtype)
         transform = get_transform(cfg.transform)

@@ -26,6 +26,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from opensora.config import ConfigError, Option, Schema, optional, parse_config, str2bool  # noqa: E402
+from opensora.runtime import runtime_options  # noqa: E402
 
 logger = logging.getLogger("infer_vae_decode")
 LATENT_KEY = "latent"
@@ -45,9 +46,7 @@ SCHEMA = Schema([
     Option("vae_micro_frame_size", int, 17, "frames per temporal-VAE chunk (opensora-1.2)"),
     Option("dtype", str, "float32", "VAE compute dtype", choices=("float32", "fp32", "float16", "fp16", "bfloat16", "bf16")),
     Option("overwrite", str2bool, False, "rewrite videos that already exist"),
-    Option("mode", str, "graph", "MindSpore execution mode", choices=("graph", "pynative")),
-    Option("jit_level", str, "O0", "graph-mode jit level", choices=("O0", "O1", "O2")),
-    Option("device_target", str, "CPU", "device", choices=("CPU", "GPU", "Ascend")),
+    *runtime_options(),
 ], description="Decode latents (.npy/.npz) to mp4 videos")
 
 
@@ -110,9 +109,9 @@ def main(argv=None) -> int:
 
     from opensora.datasets.video_io import save_video
     from opensora.models.vae.presets import build_video_vae, vae_class_name
-    from opensora.runtime import init_runtime
+    from opensora.runtime import init_runtime_from
 
-    init_runtime(cfg.device_target, cfg.mode, cfg.jit_level, seed=None)
+    init_runtime_from(cfg)
     if cfg.vae:
         from opensora.models.registry import VAES
 

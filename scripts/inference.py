@@ -27,14 +27,14 @@ def main(argv=None) -> int:
         cfg = inference_schema().parse(argv)
         from opensora.datasets.embedding_cache import CacheError
         from opensora.inference.pipeline import InferencePipeline
-        from opensora.runtime import init_runtime
+        from opensora.runtime import init_runtime_from
         from opensora.utils.checkpoint import CheckpointError
 
         if cfg.write_prompts:
             count = InferencePipeline(cfg).write_prompts(cfg.write_prompts)
             print(f"wrote {count} prompt(s) to {cfg.write_prompts}")
             return 0
-        init_runtime(cfg.device_target, mode=cfg.mode, jit_level=cfg.jit_level, seed=cfg.seed)
+        init_runtime_from(cfg, seed=cfg.seed)
         pipeline = InferencePipeline(cfg).load()
         saved = pipeline.run()
     except (ConfigError, FileNotFoundError, ValueError, KeyError) as err:  # CacheError/CheckpointError are ValueErrors

@@ -25,7 +25,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from opensora.config import ConfigError  # noqa: E402
-from opensora.runtime import default_env, init_runtime  # noqa: E402
+from opensora.runtime import default_env, init_runtime_from  # noqa: E402
 from opensora.training.options import train_schema  # noqa: E402
 
 
@@ -45,8 +45,8 @@ def main(argv=None) -> list[float]:
     from opensora.training.setup import build_trainer, check_config
 
     check_config(cfg)  # before any compile or data reading
-    runtime = init_runtime(cfg.device_target, cfg.mode, cfg.jit_level, cfg.seed, cfg.max_device_memory,
-                           distributed=cfg.use_parallel)
+    runtime = init_runtime_from(cfg, seed=cfg.seed, max_device_memory=cfg.max_device_memory,
+                                distributed=cfg.use_parallel)
     trainer = build_trainer(cfg, runtime)
     if cfg.resume:
         trainer.resume(cfg.resume)

@@ -7,6 +7,7 @@ runtime keys (``device_target``, ``mode``, ``jit_level``).
 from __future__ import annotations
 
 from ..config import Option, Schema, optional, str2bool
+from ..runtime import runtime_options
 
 
 def _str_or_int(value):
@@ -66,9 +67,7 @@ OPTIONS = [
     Option("ckpt_path", optional(str), None, "diffusion model weights (overrides model.from_pretrained)"),
     Option("random_weights_dir", str, "models/random-init", "where random weights of null from_pretrained go"),
     # runtime
-    Option("device_target", str, "CPU", "device", choices=("CPU", "GPU", "Ascend")),
-    Option("mode", str, "graph", "MindSpore execution mode", choices=("graph", "pynative")),
-    Option("jit_level", str, "O0", "graph-mode jit level", choices=("O0", "O1", "O2")),
+    *runtime_options(),
     Option("enable_flash_attn", optional(str2bool), None, "overrides model.enable_flash_attn", aliases=("flash_attn",)),
 ]
 

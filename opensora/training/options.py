@@ -8,6 +8,7 @@ Upstream's keys (``lr``, ``grad_clip``, ``ema_decay``, ``bucket_config``, ``mask
 from __future__ import annotations
 
 from ..config import Option, Schema, optional, str2bool
+from ..runtime import runtime_options
 
 
 def _int_or_list(value):
@@ -29,9 +30,7 @@ def _betas(value):
 
 OPTIONS = [
     # runtime
-    Option("device_target", str, "CPU", "CPU, GPU or Ascend", choices=("CPU", "GPU", "Ascend")),
-    Option("mode", str, "graph", "graph (compiled step, default) or pynative", choices=("graph", "pynative")),
-    Option("jit_level", str, "O0", "graph compile level", choices=("O0", "O1", "O2")),
+    *runtime_options(),
     Option("seed", int, 42, "seed of everything (data order, noise, timesteps, masks)"),
     Option("use_parallel", str2bool, False, "data parallel under msrun (one process per device)"),
     Option("zero_stage", int, 0, "0: every rank keeps the full optimizer state; 1: ZeRO-1 sharded optimizer state",

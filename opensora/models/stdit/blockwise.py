@@ -52,6 +52,7 @@ class BlockwiseRunner:
         net = self.net
         x, cond, t, t_mlp, t0, t0_mlp, attn_mask, rope, y_kv, sizes = net.prepare(
             x, timestep, y, mask, x_mask, fps, height, width, y_kv)
+        rope = ms.mutable(rope)  # a tuple of fresh tensors would be a graph constant: a recompile per call
         spatial, temporal = self.executors
         for i in range(self.depth):
             kv_s = None if y_kv is None else y_kv[i]
