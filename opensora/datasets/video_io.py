@@ -151,7 +151,7 @@ def save_video(frames, path: str, fps: float = 24.0, layout: str = "auto", force
 
             # libx264 + yuv420p needs even sizes; macro_block_size=2 lets imageio round odd ones
             imageio.mimwrite(tmp, list(frames), fps=float(fps), codec="libx264", format="FFMPEG",
-                             macro_block_size=2, output_params=["-pix_fmt", "yuv420p"])
+                             macro_block_size=2, pixelformat="yuv420p")
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
