@@ -13,6 +13,7 @@ temporary folder.
 """
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import subprocess
@@ -138,9 +139,7 @@ def _stage_commands(cfg, argv, out):
         ("sample", [py, "scripts/inference.py", *common, "--save_dir", out, "--text_embed_folder",
                     os.path.join(out, "text_embed"), "--no_vae_decode", "true", "--verbose", "0"]),
         ("vae_decode", [py, "scripts/infer_vae_decode.py", "--latent_path", os.path.join(out, "latents"),
-                        "--output_dir", out, "--vae_type",
-                        "sd" if vae["type"] == "VideoAutoencoderKL" else "opensora-1.2",
-                        "--vae_checkpoint", str(vae["from_pretrained"])]),
+                        "--output_dir", out, "--vae", json.dumps(vae)]),
     ]
 
 
