@@ -20,8 +20,9 @@ from mindspore import ops
 class BlockwiseRunner:
     """``BlockwiseRunner(net)(x, timestep, y, mask, x_mask, fps, height, width, y_kv)`` == ``net(...)``.
 
-    Compute ``net.precompute_y_kv`` before building the runner (block 0's Parameters become the
-    executors' slots and hold the weights of whichever block ran last)."""
+    Block 0's Parameters are the executors' weight slots; they hold block 0's weights again when a
+    call returns, so ``net`` itself stays usable. Graph mode (``ms.GRAPH_MODE``) makes the blocks
+    compiled graphs; in PyNative the runner also works (op by op)."""
 
     def __init__(self, net):
         self.net = net
@@ -43,7 +44,8 @@ class BlockwiseRunner:
 
     def _bind(self, kind, i):
         if self.bound[kind] != i:
-            # copy into the slots' own buffers: ``set_data`` rebinding leaks ~0.6 GB per bind on CPU
+            # an in-place copy: the compiled graph keeps using the slots' own buffers, and the other
+            # blocks' Parameters are never aliased (``set_data`` would rebind the slot to them)
             for slot, tensor in zip(self.slots[kind], self.weights[i][kind]):
                 ops.assign(slot, tensor)
             self.bound[kind] = i
@@ -61,4 +63,6 @@ class BlockwiseRunner:
             x = spatial(x, cond, t_mlp, attn_mask, x_mask, t0_mlp, None, kv_s)
             self._bind(1, i)
             x = temporal(x, cond, t_mlp, attn_mask, x_mask, t0_mlp, rope, kv_t)
+        self._bind(0, 0)  # leave the model intact (the next call starts with block 0: no extra copy)
+        self._bind(1, 0)
         return net.finish(x, t, x_mask, t0, sizes)
