@@ -132,3 +132,34 @@ def test_finished_files_are_kept_on_error(run, tmp_path, capsys):
     assert run("--prompt_path", str(prompts), "--save_dir", str(out), frames=1) == 1
     assert "edit_ratio" in capsys.readouterr().err
     assert (out / "sample_0000.png").is_file()
+
+
+def test_negative_prompt_replaces_the_null_caption(run, tmp_path):
+    """Guidance's unconditional branch: the learned null caption by default, the negative prompt's T5
+    embedding and mask with --neg-prompt; and the negative prompt changes the sample."""
+    from opensora.inference.options import inference_schema
+    from opensora.inference.pipeline import InferencePipeline
+
+    def pipeline(*extra):
+        cfg = inference_schema().parse(["--config", CONFIG, "--prompt", "a cat", "--image_size", "32", "32",
+                                        "--random_weights_dir", run.weights, *extra])
+        return InferencePipeline(cfg).load()
+
+    plain = pipeline()
+    cond = plain.text_condition(["a cat"], [0])
+    null = plain.model.y_embedder.y_embedding.asnumpy()
+    np.testing.assert_array_equal(cond.y_null.asnumpy()[0, 0], null)
+
+    negative = pipeline("--neg-prompt", "blurry, low quality")
+    cond = negative.text_condition(["a cat"], [0])
+    expected = negative.text_encoder.encode([negative.process("blurry, low quality")])
+    np.testing.assert_allclose(cond.y_null.asnumpy(), expected["y"].asnumpy(), rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(cond.mask_null.asnumpy(), expected["mask"].asnumpy())
+    assert np.abs(cond.y_null.asnumpy()[0, 0] - null).max() > 1e-3
+
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    assert run("--prompt", "a cat", "--save_dir", a, "--save_latent", "true") == 0
+    assert run("--prompt", "a cat", "--save_dir", b, "--save_latent", "true", "--neg-prompt", "blurry") == 0
+    la = np.load(os.path.join(a, "latents", "sample_0000.npz"))["latent"]
+    lb = np.load(os.path.join(b, "latents", "sample_0000.npz"))["latent"]
+    assert np.abs(la - lb).max() > 1e-4
