@@ -65,6 +65,10 @@ OPTIONS = [
     Option("text_encoder", is_dict=True, default=None, help="text encoder config {type: t5, ...}"),
     Option("scheduler", is_dict=True, default=None, help="scheduler config {type: rflow, ...}"),
     Option("ckpt_path", optional(str), None, "diffusion model weights (overrides model.from_pretrained)"),
+    Option("blockwise", str2bool, False,
+           "STDiT3 only: run the blocks through one compiled spatial and one temporal block graph "
+           "(MindSpore's CPU graph mode keeps every intermediate of a graph: the full-size 56-block graph "
+           "needs far more than 24 GB, the blockwise one about 8 GB)"),
     Option("random_weights_dir", str, "models/random-init", "where random weights of null from_pretrained go"),
     # runtime
     *runtime_options(),

@@ -74,6 +74,7 @@ class InferencePipeline:
         self.prompts = gather_prompts(cfg)
         self.stats: dict = {"load_s": {}, "videos": []}
         self.text_encoder = self.vae = self.model = self.scheduler = None
+        self._blockwise = None
         self.dtype = _DTYPES[cfg.dtype]
         self.vae_type = cfg.vae.get("type")
 
@@ -203,11 +204,23 @@ class InferencePipeline:
         return np.stack([np.random.default_rng([self.cfg.seed, i, k, loop_i]).standard_normal(shape, dtype=np.float32)
                          for i in indices])
 
+    def sampling_model(self):
+        """The model as the sampler calls it: itself, or block by block (``blockwise``, STDiT3)."""
+        if not self.cfg.blockwise:
+            return self.model
+        if self._blockwise is None:
+            from ..models.stdit.blockwise import BlockwiseRunner
+
+            if not hasattr(self.model, "prepare"):
+                raise ConfigError(f"blockwise: only STDiT3 models support it, not {type(self.model).__name__}")
+            self._blockwise = BlockwiseRunner(self.model)
+        return self._blockwise
+
     def sample(self, text: TextCondition, z: np.ndarray, mask, indices, k, loop_i) -> ms.Tensor:
         kwargs = model_size_args(self.cfg.multi_resolution, z.shape[0], self.image_size, self.num_frames, self.cfg.fps)
         gen = np.random.default_rng([self.cfg.seed, indices[0], k, loop_i, 1])
         t0 = time.perf_counter()
-        out = self.scheduler.sample(self.model, ms.Tensor(z), text, kwargs, mask=mask, generator=gen,
+        out = self.scheduler.sample(self.sampling_model(), ms.Tensor(z), text, kwargs, mask=mask, generator=gen,
                                     progress_bar=self.cfg.verbose >= 2, dtype=getattr(ms, self.dtype))
         out = out.asnumpy()  # wait for the device
         self.stats.setdefault("sample_s", []).append(time.perf_counter() - t0)

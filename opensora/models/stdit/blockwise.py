@@ -42,6 +42,14 @@ class BlockwiseRunner:
             self.weights.append(per_kind)
         self.bound = [0, 0]
 
+    @property
+    def y_embedder(self):
+        return self.net.y_embedder
+
+    def precompute_y_kv(self, y, mask=None):
+        """The caption's cross-attention keys/values of every block (once per sampling run)."""
+        return self.net.precompute_y_kv(y, mask)
+
     def _bind(self, kind, i):
         if self.bound[kind] != i:
             # an in-place copy: the compiled graph keeps using the slots' own buffers, and the other
