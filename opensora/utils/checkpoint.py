@@ -6,6 +6,7 @@ here goes through :func:`compare_shapes` first and refuses (or reports) what doe
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
@@ -58,6 +59,37 @@ def model_shapes(net: nn.Cell) -> dict[str, tuple]:
     return {p.name: tuple(p.shape) for p in net.get_parameters()}
 
 
+def _mem_available_bytes() -> int | None:
+    """Linux's MemAvailable: free memory plus what the kernel can reclaim (page cache)."""
+    try:
+        with open("/proc/meminfo", "r", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+@contextmanager
+def _page_cache_counts_as_available():
+    """MindSpore 2.10 refuses to load a ``.ckpt`` larger than *free* memory (``SC_AVPHYS_PAGES``), which
+    excludes the page cache: right after writing a few-GB checkpoint, loading it fails although the
+    kernel would give the memory back. Use MemAvailable for that check while loading."""
+    from mindspore.train import serialization
+
+    original = getattr(serialization, "_get_available_memory", None)
+    available = _mem_available_bytes()
+    if original is None or available is None:
+        yield
+        return
+    serialization._get_available_memory = lambda: available
+    try:
+        yield
+    finally:
+        serialization._get_available_memory = original
+
+
 def read_checkpoint(path: str) -> dict[str, ms.Parameter]:
     """Read a MindSpore ``.ckpt`` or a ``.safetensors`` file (no torch needed) into name -> Parameter."""
     if not os.path.isfile(path):
@@ -65,7 +97,8 @@ def read_checkpoint(path: str) -> dict[str, ms.Parameter]:
     if path.endswith(".safetensors"):
         return ms.load_checkpoint(path, format="safetensors")
     if path.endswith(".ckpt"):
-        return ms.load_checkpoint(path)
+        with _page_cache_counts_as_available():
+            return ms.load_checkpoint(path)
     raise CheckpointError(
         f"{path}: unsupported checkpoint format; use a MindSpore .ckpt or a .safetensors file "
         "(convert PyTorch .pth/.bin files with the scripts in tools/)"
