@@ -19,7 +19,7 @@ from mindspore import nn, ops
 from ...config import check_kwargs
 from ...utils.checkpoint import CheckpointError, load_into, read_checkpoint
 from ..layers.attention import use_flash_attention
-from ..layers.blocks import text_attention_mask
+from ..layers.blocks import t2i_modulate, text_attention_mask
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +71,19 @@ class ModelConfig:
             logger.info("%s: ignoring config keys %s", path, ignored)
         kwargs.update(overrides)
         return cls(**kwargs)
+
+
+class FrameBlockTail(nn.Cell):
+    """The end shared by the 1.0 and 1.1 blocks, which hold ``x`` as (B, T, S, C): cross-attention to the
+    caption over all T*S tokens, then the modulated MLP. Subclasses own ``cross_attn``, ``norm2``, ``mlp``
+    and ``drop_path``."""
+
+    def cross_attention_and_mlp(self, x, y, kv, mask, shift_mlp, scale_mlp, gate_mlp):
+        b, nt, ns, c = x.shape
+        if kv is None:
+            kv = self.cross_attn.project_kv(y)
+        x = x + self.cross_attn.attend(x.reshape(b, nt * ns, c), kv, mask).reshape(b, nt, ns, c)
+        return x + self.drop_path(gate_mlp * self.mlp(t2i_modulate(self.norm2(x), shift_mlp, scale_mlp)))
 
 
 class STDiTBase(nn.Cell):

@@ -15,10 +15,10 @@ from ..layers.embeddings import (CaptionEmbedder, PatchEmbed3D, PositionEmbeddin
                                  TimestepEmbedder)
 from ..layers.nn import LayerNorm, Linear, gelu_tanh
 from ..registry import MODELS
-from .common import ModelConfig, STDiTBase, build_pretrained
+from .common import FrameBlockTail, ModelConfig, STDiTBase, build_pretrained
 
 
-class STDiT2Block(nn.Cell):
+class STDiT2Block(FrameBlockTail):
     def __init__(self, hidden_size, num_heads, mlp_ratio=4.0, drop_path=0.0, enable_flash_attn=False,
                  enable_layernorm_kernel=False, enable_sequence_parallelism=False, rope=None, qk_norm=False):
         super().__init__()
@@ -52,11 +52,7 @@ class STDiT2Block(nn.Cell):
         x_t = self.attn_temp(x_m.transpose(0, 2, 1, 3).reshape(b * ns, nt, c), rope)
         x = x + self.drop_path(gate_tmp * x_t.reshape(b, ns, nt, c).transpose(0, 2, 1, 3))
 
-        if kv is None:
-            kv = self.cross_attn.project_kv(y)
-        x = x + self.cross_attn.attend(x.reshape(b, nt * ns, c), kv, mask).reshape(b, nt, ns, c)
-        x = x + self.drop_path(gate_mlp * self.mlp(t2i_modulate(self.norm2(x), shift_mlp, scale_mlp)))
-        return x
+        return self.cross_attention_and_mlp(x, y, kv, mask, shift_mlp, scale_mlp, gate_mlp)
 
 
 class STDiT2Config(ModelConfig):
