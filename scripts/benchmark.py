@@ -28,14 +28,9 @@ def main(argv=None) -> int:
     except ModuleNotFoundError as err:
         print(f"error: benchmarks/{kind}.py is not available ({err})", file=sys.stderr)
         return 1
-    from opensora.config import ConfigError
+    from opensora.utils.cli import report_user_errors
 
-    try:
-        module.run(rest)
-    except (ConfigError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
+    return report_user_errors(module.run)(rest) or 0
 
 
 if __name__ == "__main__":

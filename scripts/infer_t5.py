@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from opensora.config import ConfigError, Option, Schema, optional, str2bool  # noqa: E402
 from opensora.runtime import runtime_options  # noqa: E402
+from opensora.utils.cli import report_user_errors, run_main  # noqa: E402
 from opensora.datasets.embedding_cache import cache_file_for, is_cached, write_text_embedding  # noqa: E402
 
 logger = logging.getLogger("infer_t5")
@@ -145,16 +146,12 @@ def run(cfg) -> int:
     return written
 
 
+@report_user_errors
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        cfg = SCHEMA.parse(argv)
-        run(cfg)
-    except (ConfigError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    run(SCHEMA.parse(argv))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from opensora.config import ConfigError, Option, Schema, optional, parse_config, str2bool  # noqa: E402
 from opensora.runtime import runtime_options  # noqa: E402
+from opensora.utils.cli import run_main  # noqa: E402
 from opensora.datasets.embedding_cache import cache_file_for, is_cached, write_video_latent  # noqa: E402
 
 logger = logging.getLogger("infer_vae")
@@ -166,8 +167,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_main(main, errors=(ConfigError,), exit_code=2)

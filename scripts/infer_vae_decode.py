@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from opensora.config import ConfigError, Option, Schema, optional, parse_config, str2bool  # noqa: E402
 from opensora.runtime import runtime_options  # noqa: E402
+from opensora.utils.cli import run_main  # noqa: E402
 
 logger = logging.getLogger("infer_vae_decode")
 LATENT_KEY = "latent"
@@ -108,7 +109,7 @@ def main(argv=None) -> int:
     from tqdm import tqdm
 
     from opensora.datasets.video_io import save_video
-    from opensora.models.vae.presets import build_video_vae, vae_class_name
+    from opensora.models.vae.presets import build_video_vae
     from opensora.runtime import init_runtime_from
 
     init_runtime_from(cfg)
@@ -116,12 +117,11 @@ def main(argv=None) -> int:
         from opensora.models.registry import VAES
 
         vae = VAES.build(cfg.vae)
-        is_v12 = cfg.vae["type"] in ("OpenSoraVAE_V1_2", "VideoAutoencoderPipeline")
         vae.set_train(False)
     else:
-        is_v12 = vae_class_name(cfg.vae_type) == "OpenSoraVAE_V1_2"
         vae = build_video_vae(cfg.vae_type, cfg.vae_checkpoint, cfg.vae_micro_batch_size, cfg.vae_micro_frame_size,
                               cfg.vae_config, cfg.dtype)
+    is_v12 = hasattr(vae, "temporal_vae")  # the 3D VAE decodes a given number of pixel frames
     os.makedirs(cfg.output_dir, exist_ok=True)
     written = 0
     for path in tqdm(files, desc="decode", unit="file"):
@@ -144,8 +144,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_main(main, errors=(ConfigError,), exit_code=2)

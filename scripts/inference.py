@@ -17,32 +17,26 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("GLOG_v", "3")
 
-from opensora.config import ConfigError  # noqa: E402
+from opensora.utils.cli import USER_ERRORS, report_user_errors, run_main  # noqa: E402
 from opensora.inference.options import inference_schema  # noqa: E402
 
 
+@report_user_errors(errors=(*USER_ERRORS, KeyError))
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = inference_schema().parse(argv)
-        from opensora.datasets.embedding_cache import CacheError
-        from opensora.inference.pipeline import InferencePipeline
-        from opensora.runtime import init_runtime_from
-        from opensora.utils.checkpoint import CheckpointError
+    cfg = inference_schema().parse(argv)
+    from opensora.inference.pipeline import InferencePipeline
+    from opensora.runtime import init_runtime_from
 
-        if cfg.write_prompts:
-            count = InferencePipeline(cfg).write_prompts(cfg.write_prompts)
-            print(f"wrote {count} prompt(s) to {cfg.write_prompts}")
-            return 0
-        init_runtime_from(cfg, seed=cfg.seed)
-        pipeline = InferencePipeline(cfg).load()
-        saved = pipeline.run()
-    except (ConfigError, FileNotFoundError, ValueError, KeyError) as err:  # CacheError/CheckpointError are ValueErrors
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    if cfg.write_prompts:
+        count = InferencePipeline(cfg).write_prompts(cfg.write_prompts)
+        print(f"wrote {count} prompt(s) to {cfg.write_prompts}")
+        return 0
+    init_runtime_from(cfg, seed=cfg.seed)
+    saved = InferencePipeline(cfg).load().run()
     print(f"Inference finished: {len(saved)} sample(s) in {cfg.save_dir}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from opensora.config import ConfigError  # noqa: E402
 from opensora.runtime import default_env, init_runtime_from  # noqa: E402
 from opensora.training.options import train_schema  # noqa: E402
+from opensora.utils.cli import run_main  # noqa: E402
 
 
 def _bare_resume(argv):
@@ -54,8 +55,4 @@ def main(argv=None) -> list[float]:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_main(main, errors=(ConfigError,), exit_code=2)

@@ -24,6 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tools.torch_weights import CheckpointError, convert, read_weight_file, weight_files  # noqa: E402
 
 from opensora.config import yaml_value  # noqa: E402
+from opensora.utils.cli import report_user_errors, run_main  # noqa: E402
 from opensora.models.stdit.convert import (MODEL_NAMES, OFFICIAL_KWARGS, guess_model, pixart_shapes,  # noqa: E402
                                            rename)
 
@@ -85,6 +86,7 @@ def convert_file(src: str, target: str, model: str | None = None, dtype: str | N
     return model
 
 
+@report_user_errors
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--src", required=True, help=".pth/.pt/.bin/.safetensors file, or a directory of them")
@@ -94,14 +96,10 @@ def main(argv=None) -> int:
     parser.add_argument("--kwargs", nargs="*", default=[], metavar="KEY=VALUE",
                         help="model constructor arguments overriding the official ones")
     args = parser.parse_args(argv)
-    try:
-        model = convert_file(args.src, args.target, args.model, args.dtype, **parse_kwargs(args.kwargs))
-    except (CheckpointError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    model = convert_file(args.src, args.target, args.model, args.dtype, **parse_kwargs(args.kwargs))
     print(f"converted {args.src} as {model} -> {args.target}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -30,6 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from opensora.models.text_encoder.t5 import T5Config, t5_encoder_param_shapes  # noqa: E402
 from opensora.models.text_encoder.t5_weights import EMBED_ALIAS, EMBED_NAME, official_to_ms  # noqa: E402
 from opensora.utils.checkpoint import CheckpointError, compare_shapes  # noqa: E402
+from opensora.utils.cli import report_user_errors, run_main  # noqa: E402
 from tools.torch_weights import DTYPES, convert, weight_file_shapes, weight_files  # noqa: E402
 
 logger = logging.getLogger("convert_t5")
@@ -104,6 +105,7 @@ def convert_t5(sources: list[str], target: str, dtype: str | None = None, config
     return report
 
 
+@report_user_errors
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--src", nargs="+", required=True, help="Hugging Face T5 directory or weight files")
@@ -112,13 +114,9 @@ def main(argv=None) -> int:
     parser.add_argument("--config", default=None, help="config.json (default: the one in the source directory)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        convert_t5(args.src, args.target, args.dtype, args.config)
-    except (CheckpointError, ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    convert_t5(args.src, args.target, args.dtype, args.config)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -39,6 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tools.torch_weights import convert, weight_file_shapes, weight_files  # noqa: E402
 
 from opensora.utils.checkpoint import CheckpointError, model_shapes  # noqa: E402
+from opensora.utils.cli import report_user_errors, run_main  # noqa: E402
 
 LDM_PREFIX = "first_stage_model."
 _OLD_ATTN = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
@@ -155,6 +156,7 @@ def convert_vae(source: str, target: str, kind: str = "auto", config: str | None
     return kind, ldm, report
 
 
+@report_user_errors
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", "--src", required=True, help="weight file or Hugging Face-style directory")
@@ -167,14 +169,10 @@ def main(argv=None):
     parser.add_argument("--dtype", default=None, choices=["float32", "fp32", "float16", "fp16", "bfloat16", "bf16"],
                         help="cast floating weights (default: keep the source dtype)")
     args = parser.parse_args(argv)
-    try:
-        kind, ldm, _ = convert_vae(args.source, args.target, args.type, args.config, args.vae_2d_config, args.dtype)
-    except CheckpointError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    kind, ldm, _ = convert_vae(args.source, args.target, args.type, args.config, args.vae_2d_config, args.dtype)
     print(f"converted {args.source} ({kind}{', LDM naming' if ldm else ''}) -> {args.target}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -170,6 +170,26 @@ class STDiTBase(nn.Cell):
                 block._recompute(False)  # Cell.recompute() has no off switch; this is what it sets
         return self
 
+    def finish(self, x, t, x_mask, t0, sizes):
+        """Final layer and unpatchify (1.1, 1.2): tokens (B, T, S, C) -> float32 (B, out_channels, T, H, W);
+        ``sizes``: latent token grid (nt, nh, nw) and input size (T, H, W)."""
+        nt, nh, nw, tx, hx, wx = sizes
+        x = self.final_layer(x, t, x_mask, t0)
+        x = self.unpatchify(x, nt, nh, nw, tx, hx, wx)
+        return x.astype(ms.float32)
+
+    def _freeze(self, freeze):
+        """Upstream's ``freeze`` (1.0, 1.1): "not_temporal" trains only the temporal attention, "text"
+        freezes the cross-attention."""
+        if freeze is None:
+            return
+        if freeze not in ("not_temporal", "text"):
+            raise ValueError(f"freeze must be None, 'not_temporal' or 'text', got {freeze!r}")
+        for param in self.get_parameters():
+            if (freeze == "not_temporal" and "attn_temp" not in param.name) or \
+                    (freeze == "text" and "cross_attn" in param.name):
+                param.requires_grad = False
+
     def _apply_training_options(self, cfg):
         if cfg.grad_checkpointing or cfg.num_recompute_blocks:
             self.set_grad_checkpointing(True, cfg.num_recompute_blocks)

@@ -102,13 +102,7 @@ class STDiT(STDiTBase):
             for i in range(cfg.depth)])
         self.final_layer = T2IFinalLayer(hidden, int(np.prod(self.patch_size)), self.out_channels, zero_init=True)
 
-        if cfg.freeze is not None:
-            if cfg.freeze not in ("not_temporal", "text"):
-                raise ValueError(f"freeze must be None, 'not_temporal' or 'text', got {cfg.freeze!r}")
-            for param in self.get_parameters():
-                if (cfg.freeze == "not_temporal" and "attn_temp" not in param.name) or \
-                        (cfg.freeze == "text" and "cross_attn" in param.name):
-                    param.requires_grad = False
+        self._freeze(cfg.freeze)
         self.y_embedder.y_embedding.requires_grad = False
         self._apply_training_options(cfg)
 

@@ -101,13 +101,7 @@ class STDiT2(STDiTBase):
         self.fl_embedder = SizeEmbedder(hidden, dtype=self.dtype)
         self.fps_embedder = SizeEmbedder(hidden, dtype=self.dtype)
 
-        if cfg.freeze is not None:
-            if cfg.freeze not in ("not_temporal", "text"):
-                raise ValueError(f"freeze must be None, 'not_temporal' or 'text', got {cfg.freeze!r}")
-            for param in self.get_parameters():
-                if (cfg.freeze == "not_temporal" and "attn_temp" not in param.name) or \
-                        (cfg.freeze == "text" and "cross_attn" in param.name):
-                    param.requires_grad = False
+        self._freeze(cfg.freeze)
         self.rope.freqs.requires_grad = False
         self.y_embedder.y_embedding.requires_grad = False
         self._apply_training_options(cfg)
@@ -155,9 +149,7 @@ class STDiT2(STDiTBase):
             kv = None if y_kv is None else y_kv[i]
             x = self.blocks[i](x, cond, t_spc_mlp, t_tmp_mlp, attn_mask, x_mask, t0_spc_mlp, t0_tmp_mlp, rope, kv)
         # upstream passes the bare t but t0 + data_info to the final layer
-        x = self.final_layer(x, t, x_mask, t0_spc)
-        x = self.unpatchify(x, nt, nh, nw, tx, hx, wx)
-        return x.astype(ms.float32)
+        return self.finish(x, t, x_mask, t0_spc, (nt, nh, nw, tx, hx, wx))
 
 
 @MODELS.register("STDiT2-XL/2")

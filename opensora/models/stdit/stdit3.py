@@ -182,12 +182,6 @@ class STDiT3(STDiTBase):
         rope = self.rope.tables(nt)
         return x, cond, t, t_mlp, t0, t0_mlp, attn_mask, rope, y_kv, (nt, nh, nw, tx, hx, wx)
 
-    def finish(self, x, t, x_mask, t0, sizes):
-        """Final layer and unpatchify: tokens (B, T, S, C) -> float32 (B, out_channels, T, H, W)."""
-        nt, nh, nw, tx, hx, wx = sizes
-        x = self.final_layer(x, t, x_mask, t0)
-        x = self.unpatchify(x, nt, nh, nw, tx, hx, wx)
-        return x.astype(ms.float32)
 
 
 @MODELS.register("STDiT3-XL/2")
