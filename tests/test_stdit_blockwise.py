@@ -15,11 +15,11 @@ def test_blockwise_runner_equals_forward():
     assert net.depth >= 2  # weights must actually be swapped
     inputs = tiny_inputs("STDiT3", x_mask=True)
     eager = net(**inputs).asnumpy()
-    kv = net.precompute_y_kv(inputs["y"])
+    kv, mask = net.precompute_y_kv(inputs["y"], inputs["mask"])
     runner = BlockwiseRunner(net)
     ms.set_context(mode=ms.GRAPH_MODE)
     for _ in range(2):
-        out = runner(**{**inputs, "y": None, "y_kv": kv}).asnumpy()
+        out = runner(**{**inputs, "y": None, "y_kv": kv, "mask": mask}).asnumpy()
         assert np.abs(out - eager).max() < 1e-5, np.abs(out - eager).max()
     plain = runner(**inputs).asnumpy()  # caption projected inside each block
     assert np.abs(plain - eager).max() < 1e-5

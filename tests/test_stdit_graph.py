@@ -19,15 +19,15 @@ def test_graph_mode_equals_pynative_and_kv_cache(version):
     net = build_tiny(version)
     inputs = tiny_inputs(version, x_mask=True)
     eager = _numpy(net(**inputs))
-    kv = net.precompute_y_kv(inputs["y"])
-    eager_kv = _numpy(net(**{**inputs, "y": None, "y_kv": kv}))
+    kv, mask = net.precompute_y_kv(inputs["y"], inputs["mask"])
+    eager_kv = _numpy(net(**{**inputs, "y": None, "y_kv": kv, "mask": mask}))
     assert np.abs(eager_kv - eager).max() < 1e-5
 
     ms.set_context(mode=ms.GRAPH_MODE)
     graph = _numpy(net(**inputs))
     assert np.abs(graph - eager).max() < 1e-5, np.abs(graph - eager).max()
     if version == "STDiT3":  # the sampler's path (one more compile: only for the model the teammates use first)
-        graph_kv = _numpy(net(**{**inputs, "y": None, "y_kv": kv}))
+        graph_kv = _numpy(net(**{**inputs, "y": None, "y_kv": kv, "mask": mask}))
         assert np.abs(graph_kv - eager).max() < 1e-5
 
 
@@ -69,3 +69,38 @@ def test_caption_dropout_uses_null_embedding():
     with_null = _numpy(net(**{**inputs, "y": null}))
     assert np.abs(dropped - with_null).max() < 1e-6
     assert np.abs(dropped - _numpy(net(**inputs))).max() > 1e-3
+
+
+def test_caption_extent_cuts_unattended_positions():
+    from opensora.models.stdit.common import caption_extent
+
+    mask = np.array([[1, 1, 1, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 0, 0, 0]], np.int32)
+    length, cut = caption_extent(mask, 8, multiple=1)
+    assert length == 5 and cut.asnumpy().tolist() == mask[:, :5].tolist()
+    length, cut = caption_extent(mask, 8, multiple=4)  # rounded up to the multiple
+    assert length == 8 and cut.shape == (2, 8)
+    length, cut = caption_extent(mask[1:], 8, multiple=5)  # every kept position attended: no mask
+    assert length == 5 and cut is None
+    assert caption_extent(None, 8) == (8, None)
+    assert caption_extent(np.ones((1, 8), np.int32), 8)[1] is None
+    empty = np.zeros((1, 8), np.int32)  # nothing attended: left as it is
+    assert caption_extent(empty, 8)[0] == 8 and caption_extent(empty, 8)[1] is empty
+
+
+@pytest.mark.parametrize("version", ["STDiT3", "STDiT2", "STDiT"])
+def test_precomputed_captions_cut_to_the_attended_positions(version):
+    """Keys/values of the longest caption only (mask cut, or dropped when all valid) give the full forward."""
+    ms.set_seed(0)
+    net = build_tiny(version)
+    inputs = tiny_inputs(version, x_mask=version != "STDiT")
+    length = inputs["mask"].shape[1]
+    positions = np.arange(length)
+    for lengths in ((length - 2, length - 4), (2, 2)):  # cut with a mask; cut to all-valid: no mask
+        mask = ms.Tensor((positions[None, :] < np.array(lengths)[:, None]).astype(np.int32))
+        full = _numpy(net(**{**inputs, "mask": mask}))
+        kv, cut = net.precompute_y_kv(inputs["y"], mask, multiple=1)
+        kept = max(lengths)
+        assert kv.shape[-2] == kept < length
+        assert (cut is None) == (min(lengths) == kept)
+        out = _numpy(net(**{**inputs, "y": None, "y_kv": kv, "mask": cut}))
+        assert np.abs(out - full).max() < 1e-5, np.abs(out - full).max()

@@ -116,7 +116,10 @@ class GuidedModel:
             logger.debug("model does not take %s; not passed", dropped)
         # the caption's cross-attention keys/values do not change over the steps: compute them once
         if "y_kv" in names and hasattr(model, "precompute_y_kv"):
-            self.kwargs["y_kv"] = model.precompute_y_kv(self.y, mask)
+            self.kwargs["y_kv"], trimmed_mask = model.precompute_y_kv(self.y, mask)
+            self.kwargs.pop("mask", None)
+            if trimmed_mask is not None:
+                self.kwargs["mask"] = trimmed_mask
 
     def _batch(self, value) -> ms.Tensor:
         arr = value.asnumpy() if isinstance(value, ms.Tensor) else np.asarray(value, dtype=np.float32)

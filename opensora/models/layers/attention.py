@@ -24,6 +24,9 @@ logger = logging.getLogger(__name__)
 _NEG_INF = -1e30  # finite, so a fully masked row gives a uniform distribution rather than NaN
 
 
+_scores = ops.BatchMatMul(transpose_b=True)  # Q K^T without materialising K^T (a Transpose per call)
+
+
 def math_attention(q, k, v, mask=None, scale: float | None = None, bias=None):
     """Reference attention in float32; returns the dtype of ``q``.
 
@@ -32,7 +35,7 @@ def math_attention(q, k, v, mask=None, scale: float | None = None, bias=None):
     """
     dtype = q.dtype
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    scores = ops.matmul(q.astype(ms.float32) * scale, k.astype(ms.float32).swapaxes(-1, -2))
+    scores = _scores(q.astype(ms.float32) * scale, k.astype(ms.float32))
     if bias is not None:
         scores = scores + bias.astype(ms.float32)
     if mask is not None:

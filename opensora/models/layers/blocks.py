@@ -139,10 +139,11 @@ class Attention(nn.Cell):
         self.rope = rope is not None and rope is not False
 
     def construct(self, x, rope=None):
-        """x (B, N, C) -> (B, N, C); ``rope``: (cos, sin) tables (N, head_dim) when the cell uses RoPE."""
+        """x (B, N, C) -> (B, N, C); ``rope``: :meth:`RotaryEmbedding.tables` when the cell uses RoPE."""
         b, n, c = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).transpose(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]  # (B, H, N, D)
+        # split on the feature axis, then one transpose per tensor: indexing the stacked (3, B, H, N, D)
+        # layout runs a StridedSlice per tensor that costs ~8x as much on the CPU backend
+        q, k, v = (_split_heads(t, self.num_heads) for t in ops.split(self.qkv(x), c, axis=-1))
         if self.rope and self.qk_norm_legacy:
             q, k = _rotate(q, rope), _rotate(k, rope)
         if self.qk_norm:
@@ -153,18 +154,30 @@ class Attention(nn.Cell):
         return self.proj(out.transpose(0, 2, 1, 3).reshape(b, n, c))
 
 
+def _split_heads(x, num_heads):
+    """(B, N, H·D) -> (B, H, N, D)."""
+    b, n, c = x.shape
+    return x.reshape(b, n, num_heads, c // num_heads).transpose(0, 2, 1, 3)
+
+
 def _rotate(x, rope):
-    return apply_rotary(x, rope[0], rope[1])
+    return apply_rotary(x, *rope)
 
 
-def apply_rotary(x, cos, sin):
-    """Rotate (..., n, d) by the (n, d) tables: x·cos + rotate_half(x)·sin, rotate_half(a, b) = (-b, a)."""
-    shape = x.shape
-    pairs = x.reshape(shape[:-1] + (shape[-1] // 2, 2))
-    x1, x2 = pairs[..., 0:1], pairs[..., 1:2]
-    rotated = ops.cat((-x2, x1), axis=-1).reshape(shape)
+def apply_rotary(x, cos, sin, rotate_half=None):
+    """Rotate (..., n, d) by the (n, d) tables: x·cos + rotate_half(x)·sin, rotate_half(a, b) = (-b, a)
+    on each interleaved pair. ``rotate_half``: that map as a (d, d) matrix of 0 and ±1 (exact in float32;
+    on the CPU backend a small MatMul is ~2x faster than slicing the pairs and concatenating them), or
+    None to slice."""
     dtype = x.dtype
-    return (x.astype(ms.float32) * cos + rotated.astype(ms.float32) * sin).astype(dtype)
+    shape = x.shape
+    x = x.astype(ms.float32)
+    if rotate_half is None:
+        pairs = x.reshape(shape[:-1] + (shape[-1] // 2, 2))
+        rotated = ops.cat((-pairs[..., 1:2], pairs[..., 0:1]), axis=-1).reshape(shape)
+    else:
+        rotated = ops.matmul(x.reshape(-1, shape[-1]), rotate_half).reshape(shape)
+    return (x * cos + rotated * sin).astype(dtype)
 
 
 class MultiHeadCrossAttention(nn.Cell):
@@ -194,14 +207,15 @@ class MultiHeadCrossAttention(nn.Cell):
 
     def project_kv(self, cond):
         """cond (B, L, C) -> (2, B, H, L, D): stacked keys and values."""
-        b, l, _ = cond.shape
-        return self.kv_linear(cond).reshape(b, l, 2, self.num_heads, self.head_dim).transpose(2, 0, 3, 1, 4)
+        k, v = ops.split(self.kv_linear(cond), self.d_model, axis=-1)
+        return ops.stack((_split_heads(k, self.num_heads), _split_heads(v, self.num_heads)))
 
     def attend(self, x, kv, mask=None):
         """x (B, N, C), kv from :meth:`project_kv`, mask (B, 1, 1|N, L) True=attend -> (B, N, C)."""
         b, n, c = x.shape
-        q = self.q_linear(x).reshape(b, n, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
-        out = attention(q, kv[0], kv[1], mask, self.scale, self.use_flash)
+        q = _split_heads(self.q_linear(x), self.num_heads)
+        k, v = ops.unstack(kv, 0)  # not kv[0], kv[1]: a StridedSlice each, ~30x slower on the CPU backend
+        out = attention(q, k, v, mask, self.scale, self.use_flash)
         return self.proj(out.transpose(0, 2, 1, 3).reshape(b, n, c))
 
     def construct(self, x, cond, mask=None):

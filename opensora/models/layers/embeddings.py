@@ -15,7 +15,7 @@ from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import Normal, initializer
 
 from .blocks import XAVIER, Mlp, SiLU, apply_rotary  # noqa: F401  (apply_rotary re-exported)
-from .nn import Conv3d, Linear, gelu_tanh
+from .nn import Conv3d, Linear, cpu_target, gelu_tanh
 
 
 # ----------------------------------------------------------------------------------------------
@@ -232,13 +232,26 @@ class RotaryEmbedding(nn.Cell):
         exponent = (np.arange(0, dim, 2, dtype=np.float32)[: dim // 2] / np.float32(dim)).astype(np.float64)
         freqs = 1.0 / theta ** exponent
         self.freqs = Parameter(Tensor(freqs.astype(np.float32)), name="freqs", requires_grad=False)
+        # CPU backend: rotate the pairs with a small exact MatMul (see apply_rotary); elsewhere by slicing,
+        # as a float32 MatMul may run in reduced precision on Ascend
+        self.rotate_half = Tensor(self.rotate_half_matrix(dim)) if cpu_target() else None
 
     def tables(self, seq_len: int):
-        """(cos, sin), each (seq_len, dim), float32."""
+        """(cos, sin, rotate_half): cos and sin (seq_len, dim), float32; rotate_half (dim, dim) or None, see
+        :func:`apply_rotary`."""
         pos = Tensor(np.arange(seq_len, dtype=np.float32)).reshape(-1, 1)
         angles = pos * self.freqs.astype(ms.float32).reshape(1, -1)  # (n, dim/2)
         angles = ops.broadcast_to(angles.reshape(seq_len, -1, 1), (seq_len, self.dim // 2, 2)).reshape(seq_len, -1)
-        return ops.cos(angles), ops.sin(angles)
+        return ops.cos(angles), ops.sin(angles), self.rotate_half
+
+    @staticmethod
+    def rotate_half_matrix(dim: int) -> np.ndarray:
+        """x @ R maps each interleaved pair (a, b) to (-b, a)."""
+        matrix = np.zeros((dim, dim), np.float32)
+        pairs = np.arange(0, dim, 2)
+        matrix[pairs + 1, pairs] = -1.0
+        matrix[pairs, pairs + 1] = 1.0
+        return matrix
 
     def construct(self, seq_len: int):
         return self.tables(seq_len)

@@ -47,7 +47,8 @@ class BlockwiseRunner:
         return self.net.y_embedder
 
     def precompute_y_kv(self, y, mask=None):
-        """The caption's cross-attention keys/values of every block (once per sampling run)."""
+        """The caption's cross-attention keys/values of every block and the mask to use with them (once
+        per sampling run), see ``STDiTBase.precompute_y_kv``."""
         return self.net.precompute_y_kv(y, mask)
 
     def _bind(self, kind, i):

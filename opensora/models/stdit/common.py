@@ -13,6 +13,8 @@ import json
 import logging
 import os
 
+import numpy as np
+
 import mindspore as ms
 from mindspore import nn, ops
 
@@ -86,6 +88,21 @@ class FrameBlockTail(nn.Cell):
         return x + self.drop_path(gate_mlp * self.mlp(t2i_modulate(self.norm2(x), shift_mlp, scale_mlp)))
 
 
+def caption_extent(mask, length: int, multiple: int = 16):
+    """(L', mask'): the caption positions some sample attends to, rounded up to ``multiple`` and at most
+    ``length``, and the mask cut to them (None when every kept position is attended by every sample).
+    ``mask``: (B or 1, length) 0/1 tensor or array, or None (everything attended)."""
+    if mask is None:
+        return length, None
+    keep = np.asarray(mask.asnumpy() if isinstance(mask, ms.Tensor) else mask).reshape(-1, length) != 0
+    attended = np.flatnonzero(keep.any(axis=0))
+    if attended.size == 0:  # nothing to attend to: leave it to the model (uniform attention), as given
+        return length, mask
+    kept = min(length, -(-(int(attended[-1]) + 1) // multiple) * multiple)
+    keep = keep[:, :kept]
+    return kept, None if keep.all() else ms.Tensor(keep.astype(np.int32))
+
+
 class STDiTBase(nn.Cell):
     """Helpers shared by the three versions. Subclasses define ``_blocks()`` (the blocks in the order
     of the caption keys/values of :meth:`precompute_y_kv`) and the model itself."""
@@ -133,22 +150,31 @@ class STDiTBase(nn.Cell):
         y = self.y_embedder(y.astype(self.dtype), self.training, force_drop_ids)
         return y.reshape(y.shape[0], y.shape[2], y.shape[3])
 
-    def precompute_y_kv(self, y, mask=None):
+    def precompute_y_kv(self, y, mask=None, multiple: int = 16):
         """Caption keys/values of every block, computed once per prompt batch and reusable across steps.
 
         ``y``: (B, 1, L, caption_channels) T5 features (for classifier-free guidance: the conditional
-        and null captions concatenated, as passed to the forward). Returns a tensor
-        (num_blocks, 2, B, heads, L, head_dim) to pass as ``y_kv=`` to the forward (with the same
-        ``mask``); ``y`` is then not used. Block order: see ``_blocks()``. Not for training (no dropout).
+        and null captions concatenated, as passed to the forward); ``mask``: the forward's text mask
+        (B or 1, L) or None. Returns ``(y_kv, mask)`` to pass as ``y_kv=`` and ``mask=`` to the forward
+        (``y`` is then not used): ``y_kv`` (num_blocks, 2, B, heads, L', head_dim) in the block order of
+        ``_blocks()``.
+
+        Caption positions that no sample attends to are dropped: L' is the longest caption of the batch
+        rounded up to ``multiple`` (few distinct shapes, so few graph compiles), and the mask becomes
+        None when every kept position is attended. The result is the same, as upstream packs the valid
+        tokens only, and cross attention costs ~L'/L of the full length. Not for training (no dropout).
         """
-        del mask  # the mask is applied in the attention, pass it to the forward
         cond = self.embed_caption(y)
-        return ops.stack([block.cross_attn.project_kv(cond) for block in self._blocks()])
+        length, mask = caption_extent(mask, cond.shape[1], multiple)
+        if length < cond.shape[1]:
+            cond = cond[:, :length]
+        return ops.stack([block.cross_attn.project_kv(cond) for block in self._blocks()]), mask
 
     def _caption_kv_source(self, y, y_kv, force_drop_ids):
-        """(cond, y_kv): caption tokens to project in each block, or the precomputed keys/values."""
+        """(cond, y_kv): caption tokens to project in each block, or the precomputed keys/values, one
+        tensor per block (unstacked once: indexing the stack in every block is a slow StridedSlice)."""
         if y_kv is not None:
-            return None, y_kv.astype(self.dtype)
+            return None, ops.unstack(y_kv.astype(self.dtype), 0)
         return self.embed_caption(y, force_drop_ids), None
 
     @staticmethod
