@@ -49,3 +49,23 @@ def test_forward_matches_reference(models, version, case):
     diff, scale = _run_both(net, ref, inputs)
     assert scale > 0.1, "reference output is trivially small"
     assert diff < TOL, f"{version} {case}: max abs diff {diff:.2e} (output scale {scale:.2f})"
+
+
+@pytest.mark.parametrize("version", ["STDiT3", "STDiT2"])
+def test_non_cpu_formulations_match_reference(models, version):
+    """Off the CPU backend, RoPE rotates by slicing and the RMS norm takes a ReduceMean (the CPU backend
+    uses small MatMuls instead): those paths must match the reference too. Switched on a built model."""
+    net, ref = models(version)
+    rms_norms = [cell for _, cell in net.cells_and_names() if hasattr(cell, "mean_by_matmul")]
+    assert rms_norms and net.rope.rotate_half is not None  # the CPU formulations are the default here
+    saved = net.rope.rotate_half
+    try:
+        net.rope.rotate_half = None
+        for cell in rms_norms:
+            cell.mean_by_matmul = False
+        diff, _ = _run_both(net, ref, tiny_inputs(version, as_numpy=True, x_mask=True))
+    finally:
+        net.rope.rotate_half = saved
+        for cell in rms_norms:
+            cell.mean_by_matmul = True
+    assert diff < TOL, f"{version}: max abs diff {diff:.2e}"

@@ -139,19 +139,37 @@ class Attention(nn.Cell):
         self.rope = rope is not None and rope is not False
 
     def construct(self, x, rope=None):
-        """x (B, N, C) -> (B, N, C); ``rope``: :meth:`RotaryEmbedding.tables` when the cell uses RoPE."""
+        """x (B, N, C) -> (B, N, C): attention over the N tokens of each sample; ``rope``:
+        :meth:`RotaryEmbedding.tables` when the cell uses RoPE."""
         b, n, c = x.shape
         # split on the feature axis, then one transpose per tensor: indexing the stacked (3, B, H, N, D)
         # layout runs a StridedSlice per tensor that costs ~8x as much on the CPU backend
         q, k, v = (_split_heads(t, self.num_heads) for t in ops.split(self.qkv(x), c, axis=-1))
+        out = self._attend(q, k, v, rope)
+        return self.proj(out.transpose(0, 2, 1, 3).reshape(b, n, c))
+
+    def over_frames(self, x, rope=None):
+        """x (B, T, S, C) -> (B, T, S, C): attention over the T frames at each of the S positions (the
+        temporal blocks). The same as ``construct`` on ``x.transpose(0, 2, 1, 3).reshape(B·S, T, C)`` with
+        the frame/position swap folded into the head split and merge: one transpose each way, not two."""
+        b, nt, ns, c = x.shape
+        heads, dim = self.num_heads, self.head_dim
+        q, k, v = (t.reshape(b, nt, ns, heads, dim).transpose(0, 2, 3, 1, 4).reshape(b * ns, heads, nt, dim)
+                   for t in ops.split(self.qkv(x), c, axis=-1))
+        out = self._attend(q, k, v, rope).reshape(b, ns, heads, nt, dim)
+        return self.proj(out.transpose(0, 3, 1, 2, 4).reshape(b, nt, ns, c))
+
+    def _attend(self, q, k, v, rope):
+        """(B, H, N, D) queries, keys, values -> (B, H, N, D)."""
         if self.rope and self.qk_norm_legacy:
             q, k = _rotate(q, rope), _rotate(k, rope)
-        if self.qk_norm:
-            q, k = self.q_norm(q), self.k_norm(k)
+        scale = self.scale
+        if self.qk_norm:  # the 1/sqrt(d) scale rides on the norm's weight: one pass over q fewer
+            q, k = self.q_norm(q, scale), self.k_norm(k)
+            scale = 1.0
         if self.rope and not self.qk_norm_legacy:
             q, k = _rotate(q, rope), _rotate(k, rope)
-        out = attention(q, k, v, None, self.scale, self.use_flash)
-        return self.proj(out.transpose(0, 2, 1, 3).reshape(b, n, c))
+        return attention(q, k, v, None, scale, self.use_flash)
 
 
 def _split_heads(x, num_heads):

@@ -123,16 +123,18 @@ class RMSNorm(nn.Cell):
         self.mean_by_matmul = cpu_target()
         self._mean_column = Tensor(np.full((hidden_size, 1), 1.0 / hidden_size, np.float32))
 
-    def construct(self, x):
+    def construct(self, x, scale=None):
+        """``scale``: an optional constant folded into the weight (e.g. attention's 1/sqrt(d) for queries)."""
+        weight = self.weight if scale is None else self.weight * scale
         h = x.astype(ms.float32)
         if self.mean_by_matmul:
             variance = ops.matmul((h * h).reshape(-1, h.shape[-1]), self._mean_column).reshape(h.shape[:-1] + (1,))
         else:
             variance = (h * h).mean(axis=-1, keep_dims=True)
         inv_rms = ops.rsqrt(variance + self.eps)
-        if self.weight.dtype in (ms.float16, ms.bfloat16):
-            return self.weight * (h * inv_rms).astype(self.weight.dtype)
-        return h * (inv_rms * self.weight)  # one full-size product with h instead of two
+        if weight.dtype in (ms.float16, ms.bfloat16):
+            return weight * (h * inv_rms).astype(weight.dtype)
+        return h * (inv_rms * weight)  # one full-size product with h instead of two
 
 
 class Embedding(nn.Cell):

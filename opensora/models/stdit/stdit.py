@@ -44,11 +44,8 @@ class STDiTBlock(FrameBlockTail):
         x_s = self.attn(x_m.reshape(b * nt, ns, c)).reshape(b, nt, ns, c)
         x = x + self.drop_path(gate_msa * x_s)
 
-        x_t = x.transpose(0, 2, 1, 3).reshape(b * ns, nt, c)
-        if tpe is not None:
-            x_t = x_t + tpe
-        x_t = self.attn_temp(x_t).reshape(b, ns, nt, c).transpose(0, 2, 1, 3)
-        x = x + self.drop_path(gate_msa * x_t)  # upstream reuses the spatial gate
+        x_t = x if tpe is None else x + tpe.reshape(1, nt, 1, c)
+        x = x + self.drop_path(gate_msa * self.attn_temp.over_frames(x_t))  # upstream reuses the spatial gate
 
         return self.cross_attention_and_mlp(x, y, kv, mask, shift_mlp, scale_mlp, gate_mlp)
 

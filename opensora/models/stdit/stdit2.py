@@ -49,8 +49,7 @@ class STDiT2Block(FrameBlockTail):
         x = x + self.drop_path(gate_msa * x_s)
 
         x_m = t2i_modulate(self.norm_temp(x), shift_tmp, scale_tmp)
-        x_t = self.attn_temp(x_m.transpose(0, 2, 1, 3).reshape(b * ns, nt, c), rope)
-        x = x + self.drop_path(gate_tmp * x_t.reshape(b, ns, nt, c).transpose(0, 2, 1, 3))
+        x = x + self.drop_path(gate_tmp * self.attn_temp.over_frames(x_m, rope))
 
         return self.cross_attention_and_mlp(x, y, kv, mask, shift_mlp, scale_mlp, gate_mlp)
 

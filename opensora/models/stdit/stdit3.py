@@ -47,8 +47,7 @@ class STDiT3Block(nn.Cell):
 
         x_m = t2i_modulate(self.norm1(x), shift_msa, scale_msa)
         if self.temporal:
-            x_m = x_m.transpose(0, 2, 1, 3).reshape(b * ns, nt, c)
-            x_m = self.attn(x_m, rope).reshape(b, ns, nt, c).transpose(0, 2, 1, 3)
+            x_m = self.attn.over_frames(x_m, rope)
         else:
             x_m = self.attn(x_m.reshape(b * nt, ns, c)).reshape(b, nt, ns, c)
         x = x + self.drop_path(gate_msa * x_m)
