@@ -125,6 +125,25 @@ def test_pixart_converted_with_own_keys(tmp_path):
     assert missing and all(".attn_temp." in k for k in missing)
 
 
+def test_pixart_ms_with_model_given(tmp_path):
+    """PixArt-XL-2-1024-MS.pth: its size / aspect-ratio embedders (hidden/3 wide) and its saved pos_embed
+    are taken also when --model PixArt-XL/2 is named (not only when the model is guessed)."""
+    ref = reference_model("STDiT")
+    state = {k: v for k, v in ref.state_dict().items() if ".attn_temp." not in k}
+    state["x_embedder.proj.weight"] = state["x_embedder.proj.weight"][:, :, 0]
+    state["pos_embed"] = torch.zeros(1, 16, 64)
+    h = 64 // 3
+    for name in ("csize_embedder", "ar_embedder"):
+        state.update({f"{name}.mlp.0.weight": torch.randn(h, 256), f"{name}.mlp.0.bias": torch.randn(h),
+                      f"{name}.mlp.2.weight": torch.randn(h, h), f"{name}.mlp.2.bias": torch.randn(h)})
+    src = str(tmp_path / "PixArt-XL-2-1024-MS.pth")
+    torch.save({"state_dict": state}, src)
+    target = str(tmp_path / "pixart_ms.ckpt")
+    assert convert_file(src, target, "PixArt-XL/2", **tiny_kwargs("STDiT")) == "PixArt-XL/2"
+    params = ms.load_checkpoint(target)
+    assert tuple(params["csize_embedder.mlp.2.weight"].shape) == (h, h) and "pos_embed" not in params
+
+
 @pytest.mark.full
 @pytest.mark.parametrize("model", sorted(FILES))
 def test_full_size_conversion_from_manifest(model, tmp_path):

@@ -50,3 +50,20 @@ def test_pixart_init_loads_spatial_weights_and_zeroes_temporal_projection(tmp_pa
         else:
             np.testing.assert_array_equal(after[name], before[name])  # the qkv keeps its initialisation
     assert "unused checkpoint keys" in caplog.text and "ar_embedder" in caplog.text
+
+
+def test_pixart_init_refuses_other_shapes(tmp_path):
+    """A y_embedding of another length (or any other shape) is an error, as in torch's load_state_dict."""
+    import pytest
+
+    from opensora.training.pixart_init import load_pixart
+    from opensora.utils.checkpoint import CheckpointError
+
+    model = build_tiny("STDiT", train=True)
+    path = str(tmp_path / "PixArt-XL-2-512x512.ckpt")
+    params = _pixart_like_checkpoint(model, str(tmp_path / "ok.ckpt"))
+    length, channels = params["y_embedder.y_embedding"].shape
+    params["y_embedder.y_embedding"] = np.zeros((length + 4, channels), np.float32)
+    save_checkpoint(params, path)
+    with pytest.raises(CheckpointError, match="y_embedding"):
+        load_pixart(model, path)

@@ -67,11 +67,12 @@ def parse_kwargs(items) -> dict:
 def convert_file(src: str, target: str, model: str | None = None, dtype: str | None = None, **kwargs) -> str:
     """Convert ``src`` (file or directory) to ``target``; returns the model name used."""
     files = weight_files(src)
-    if model is None:
+    if model is None or model == "PixArt-XL/2":
         keys = {}
         for path in files:
             keys.update({k: tuple(v.shape) for k, v in read_weight_file(path).items()})
-        model = guess_model(keys)
+        model = model or guess_model(keys)
+        # PixArt-XL-2-1024-MS.pth carries the size / aspect-ratio embedders, also when --model is given
         if model == "PixArt-XL/2" and any(k.startswith("csize_embedder.") for k in keys):
             kwargs.setdefault("micro_condition", True)
     if model not in MODEL_NAMES:

@@ -15,7 +15,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn
 
-from ..utils.checkpoint import read_checkpoint, load_into
+from ..utils.checkpoint import CheckpointError, load_into, read_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +42,10 @@ def load_pixart(model: nn.Cell, path: str):
             value = ms.Parameter(value if isinstance(value, ms.Tensor) else ms.Tensor(np.asarray(value)), name=name)
         params[name] = value
     report = load_into(model, params, source=path, strict=False)
+    if report.mismatched:  # as torch's load_state_dict(strict=False): a shape mismatch is an error
+        raise CheckpointError(f"PixArt init from {path}: {len(report.mismatched)} keys have another shape "
+                              f"than the model's (e.g. a y_embedding of another length: set model_max_length): "
+                              f"{report.mismatched[:20]}")
     zeroed = []
     for p in model.get_parameters():
         if p.name in report.missing and ".attn_temp.proj." in p.name:
@@ -50,12 +54,9 @@ def load_pixart(model: nn.Cell, path: str):
     temporal = [k for k in report.missing if "attn_temp" in k or "norm_temp" in k]
     other = [k for k in report.missing if k not in temporal]
     logger.info("PixArt init from %s: %d tensors loaded; %d temporal keys initialised (attn_temp.proj zeroed: %d)",
-                path, len(params) - len(report.unexpected) - len(report.mismatched), len(temporal), len(zeroed))
+                path, len(params) - len(report.unexpected), len(temporal), len(zeroed))
     if other:
         logger.warning("PixArt init: %d other missing keys keep their initialisation: %s", len(other), other[:20])
     if report.unexpected:
         logger.warning("PixArt init: %d unused checkpoint keys: %s", len(report.unexpected), report.unexpected[:20])
-    if report.mismatched:
-        logger.warning("PixArt init: %d keys with a different shape were skipped: %s", len(report.mismatched),
-                       report.mismatched[:20])
     return report
