@@ -3,6 +3,7 @@ caption: graph mode vs PyNative, compile time, peak RSS, achieved FLOP/s vs a la
 
     flock /tmp/heavy.lock .venv/bin/python -m benchmarks.stdit [--depth 28] [--runs 3]
         [--modes graph,blockwise,pynative,torch] [--out report.json] [--max-rss-gb 18] [--check]
+        [--interleave]   # two modes, their timed forwards alternating (a fair ratio on a drifting machine)
 
 Modes: ``graph`` = the whole model as one compiled graph (ms.GRAPH_MODE); ``blockwise`` = graph mode
 with one compiled spatial and one compiled temporal block graph reused for all 56 blocks
@@ -80,6 +81,24 @@ def _time_runs(fn, runs):
     return seconds
 
 
+_MARK = "@@stdit-bench"  # prefix of the lines a serving child and the parent exchange on stdout
+
+
+def _timed_runs(step, runs, serve):
+    """``runs`` timed calls of ``step``; when serving (``--interleave``), one call per ``run`` line on
+    stdin, each time reported on stdout, until any other line."""
+    if not serve:
+        return _time_runs(step, runs)
+    seconds = []
+    print(f"{_MARK} ready", flush=True)
+    for line in sys.stdin:
+        if line.strip() != "run":
+            break
+        seconds += _time_runs(step, 1)
+        print(f"{_MARK} {seconds[-1]}", flush=True)
+    return seconds
+
+
 def _atomic_json(data, path):
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -89,7 +108,7 @@ def _atomic_json(data, path):
 
 
 # ------------------------------------------------------------------------------------------ child
-def run_mode(mode, depth, runs, part_path, check=False):
+def run_mode(mode, depth, runs, part_path, check=False, serve=False):
     """One mode in this process; every stage's figures are written to ``part_path`` as soon as known."""
     import mindspore as ms
 
@@ -159,7 +178,7 @@ def run_mode(mode, depth, runs, part_path, check=False):
         if mode == "blockwise" and check:  # weight swapping must give the whole graph's numbers
             out["check_max_abs_diff_vs_whole_graph"] = float(np.abs(result - reference).max())
         save("warm")
-        stats = summarize(_time_runs(step, runs))
+        stats = summarize(_timed_runs(step, runs, serve))
         stats["gflops_achieved"] = flops / stats["median_s"] / 1e9
         stats["fraction_of_matmul_peak"] = stats["gflops_achieved"] / out["matmul_gflops_float32"]
         out["step"] = stats
@@ -170,7 +189,7 @@ def run_mode(mode, depth, runs, part_path, check=False):
     save("done")
 
 
-def run_torch(depth, runs, part_path):
+def run_torch(depth, runs, part_path, serve=False):
     """The PyTorch reference of the tests (tests/reference/stdit3_torch.py: upstream's code paths, packed
     captions projected in every forward as upstream does), same inputs, 2 threads, no_grad, in this run."""
     import torch
@@ -194,7 +213,7 @@ def run_torch(depth, runs, part_path):
         net(**inputs)
         out["first_step_s"] = time.perf_counter() - start
         _atomic_json(out, part_path)
-        stats = summarize(_time_runs(lambda: net(**inputs), runs))
+        stats = summarize(_timed_runs(lambda: net(**inputs), runs, serve))
         stats["gflops_achieved"] = flops / stats["median_s"] / 1e9
         out["step"] = stats
         out["peak_rss_gb"] = mem.peak_gb
@@ -224,10 +243,7 @@ def _rss_gb(pid):
 
 
 def _run_child(mode, args, part_path):
-    cmd = [sys.executable, "-m", "benchmarks.stdit", "--child", mode, "--depth", str(args.depth),
-           "--runs", str(args.runs if mode != "pynative" else args.pynative_runs), "--part", part_path]
-    cmd += ["--check"] if args.check else []
-    proc = subprocess.Popen(cmd)
+    proc = subprocess.Popen(_child_command(mode, args, part_path))
     watched_peak, killed = 0.0, False
     deadline = time.time() + args.timeout
     while proc.poll() is None:
@@ -240,6 +256,45 @@ def _run_child(mode, args, part_path):
             break
         time.sleep(0.2)
     return proc.returncode, watched_peak, killed
+
+
+def _child_command(mode, args, part_path):
+    cmd = [sys.executable, "-m", "benchmarks.stdit", "--child", mode, "--depth", str(args.depth),
+           "--runs", str(args.runs if mode != "pynative" else args.pynative_runs), "--part", part_path]
+    return cmd + (["--check"] if args.check else [])
+
+
+def _await_line(proc, mode):
+    for line in proc.stdout:
+        if line.startswith(_MARK):
+            return line[len(_MARK):].strip()
+    raise RuntimeError(f"the {mode} child ended early (exit code {proc.wait()})")
+
+
+def _interleave(modes, args, parts):
+    """Alternate one timed forward of each mode, ``--runs`` times, so that both see the same machine
+    (its speed drifts by up to 10% over minutes here). The children start one after the other, so
+    their compile and warm-up do not overlap, and then wait for their turn."""
+    procs = {}
+    for mode in modes:
+        procs[mode] = subprocess.Popen(_child_command(mode, args, parts[mode]) + ["--serve"], text=True,
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        _await_line(procs[mode], mode)  # ready
+    seconds = {mode: [] for mode in modes}
+    for _ in range(args.runs):
+        for mode, proc in procs.items():
+            proc.stdin.write("run\n")
+            proc.stdin.flush()
+            seconds[mode].append(float(_await_line(proc, mode)))
+    for proc in procs.values():
+        proc.stdin.write("quit\n")
+        proc.stdin.close()
+        proc.wait()
+    first, second = modes
+    ratios = [a / b for a, b in zip(seconds[first], seconds[second])]
+    return {"modes": modes, "seconds": seconds, "paired_ratios": ratios,
+            "median_paired_ratio": float(np.median(ratios)),
+            "note": f"each ratio: one {first} forward / the {second} forward right after it"}
 
 
 def summarize_report(report, depth):
@@ -277,16 +332,19 @@ def main(argv=None):
     parser.add_argument("--out", default=None, help="write the JSON report here (updated after every stage)")
     parser.add_argument("--check", action="store_true", help="blockwise: compare with the whole-graph forward "
                         "(the whole graph must fit: small --depth only)")
+    parser.add_argument("--interleave", action="store_true",
+                        help="two modes (e.g. blockwise,torch): alternate their timed forwards")
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--part", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if not 1 <= args.depth <= FULL_DEPTH:
         parser.error(f"--depth must be in 1..{FULL_DEPTH}")
     if args.child == "torch":
-        run_torch(args.depth, args.runs, args.part)
+        run_torch(args.depth, args.runs, args.part, args.serve)
         return
     if args.child:
-        run_mode(args.child, args.depth, args.runs, args.part, args.check)
+        run_mode(args.child, args.depth, args.runs, args.part, args.check, args.serve)
         return
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if args.no_pynative and "pynative" in modes:
@@ -311,6 +369,17 @@ def main(argv=None):
             _atomic_json(report, args.out)
 
     flush()
+    if args.interleave:
+        if len(modes) != 2:
+            parser.error("--interleave takes exactly two modes, e.g. --modes blockwise,torch")
+        with tempfile.TemporaryDirectory() as tmp:
+            parts = {mode: os.path.join(tmp, f"{mode}.json") for mode in modes}
+            report["interleaved"] = _interleave(modes, args, parts)
+            for mode in modes:
+                report["modes"][mode] = json.load(open(parts[mode], encoding="utf-8"))
+        flush()
+        print(json.dumps(report, indent=2, default=str))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         for mode in modes:
             part = os.path.join(tmp, f"{mode}.json")
