@@ -10,16 +10,22 @@ import time
 from contextlib import contextmanager
 
 
-def rss_bytes() -> int:
-    """Resident memory of this process now (Linux /proc; 0 elsewhere)."""
+def status_bytes(field: str = "VmRSS", pid="self") -> int:
+    """A memory field of ``/proc/<pid>/status`` in bytes (``VmRSS``: resident now; ``VmHWM``: peak
+    resident, per address space, so exec resets it); 0 when unreadable (ended process, not Linux)."""
     try:
-        with open("/proc/self/status", "r", encoding="ascii") as f:
+        with open(f"/proc/{pid}/status", "r", encoding="ascii") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(f"{field}:"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
     return 0
+
+
+def rss_bytes() -> int:
+    """Resident memory of this process now."""
+    return status_bytes("VmRSS")
 
 
 class PeakMemory:

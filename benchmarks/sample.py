@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 
-from .common import PeakMemory, host_info, summarize, write_report
+from .common import PeakMemory, host_info, status_bytes, summarize, write_report
 
 
 class StepTimer:
@@ -143,19 +143,6 @@ def _stage_commands(cfg, argv, out):
     ]
 
 
-def _hwm_bytes(pid: int) -> int:
-    """VmHWM (peak resident memory) of a live process; per address space, so exec resets it (unlike
-    ru_maxrss, which Linux carries over from the forking parent)."""
-    try:
-        with open(f"/proc/{pid}/status", "r", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
 def three_stage_memory(cfg, argv) -> dict:
     """Run each stage in its own process; its peak RSS (VmHWM polled every 20 ms) and wall time."""
     results = {}
@@ -167,7 +154,7 @@ def three_stage_memory(cfg, argv) -> dict:
                 proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=errf, env={**os.environ, "GLOG_v": "3"})
                 peak = 0
                 while proc.poll() is None:
-                    peak = max(peak, _hwm_bytes(proc.pid))
+                    peak = max(peak, status_bytes("VmHWM", proc.pid))
                     time.sleep(0.02)
             with open(log, "r", encoding="utf-8", errors="replace") as f:
                 err = f.read()

@@ -39,6 +39,8 @@ import time
 
 import numpy as np
 
+from benchmarks.common import status_bytes
+
 FULL_DEPTH = 28
 T, H, W = 15, 18, 32
 L, CAPTION_CHANNELS = 300, 4096
@@ -56,6 +58,17 @@ def stdit3_forward_flops(depth, hidden, T, S, L, caption_channels, mlp_ratio=4.0
     if with_caption:  # caption projection and per-block keys/values
         total += 2 * L * (caption_channels * c + c * c) + 2 * depth * 2 * L * c * 2 * c
     return total
+
+
+def forward_inputs() -> dict:
+    """The forward's inputs (numpy), the same for every mode: latent, timestep, an all-valid mask,
+    fps, pixel height/width and T5-like caption features ``y``."""
+    rng = np.random.default_rng(0)
+    return dict(x=rng.standard_normal((1, 4, T, H, W)).astype(np.float32),
+                timestep=np.array([500.0], np.float32), mask=np.ones((1, L), np.int32),
+                fps=np.array([24.0], np.float32), height=np.array([144.0], np.float32),
+                width=np.array([256.0], np.float32),
+                y=(rng.standard_normal((1, 1, L, CAPTION_CHANNELS)) * 0.1).astype(np.float32))
 
 
 def matmul_flops_per_s(ms, n=2048, repeats=5):
@@ -126,16 +139,8 @@ def run_mode(mode, depth, runs, part_path, check=False, serve=False):
 
     save()
     init_runtime("CPU", mode="pynative" if mode == "pynative" else "graph", jit_level="O0", seed=0)
-    rng = np.random.default_rng(0)
-    inputs = dict(
-        x=ms.Tensor(rng.standard_normal((1, 4, T, H, W)).astype(np.float32)),
-        timestep=ms.Tensor(np.array([500.0], np.float32)),
-        mask=ms.Tensor(np.ones((1, L), np.int32)),
-        fps=ms.Tensor(np.array([24.0], np.float32)),
-        height=ms.Tensor(np.array([144.0], np.float32)),
-        width=ms.Tensor(np.array([256.0], np.float32)),
-    )
-    y = ms.Tensor((rng.standard_normal((1, 1, L, CAPTION_CHANNELS)) * 0.1).astype(np.float32))
+    inputs = {k: ms.Tensor(v) for k, v in forward_inputs().items()}
+    y = inputs.pop("y")
     with PeakMemory() as mem:
         start = time.perf_counter()
         net = MODELS.build({"type": "STDiT3-XL/2", "qk_norm": True, "caption_channels": CAPTION_CHANNELS,
@@ -200,12 +205,7 @@ def run_torch(depth, runs, part_path, serve=False):
     torch.set_num_threads(2)
     torch.manual_seed(0)
     out = {"mode": "torch", "depth": depth, "torch_version": torch.__version__, "threads": 2}
-    rng = np.random.default_rng(0)
-    inputs = dict(
-        x=torch.from_numpy(rng.standard_normal((1, 4, T, H, W)).astype(np.float32)),
-        timestep=torch.tensor([500.0]), mask=torch.ones((1, L), dtype=torch.int32),
-        fps=torch.tensor([24.0]), height=torch.tensor([144.0]), width=torch.tensor([256.0]),
-        y=torch.from_numpy((rng.standard_normal((1, 1, L, CAPTION_CHANNELS)) * 0.1).astype(np.float32)))
+    inputs = {k: torch.from_numpy(v) for k, v in forward_inputs().items()}
     with PeakMemory() as mem, torch.no_grad():
         net = STDiT3(depth=depth, caption_channels=CAPTION_CHANNELS, model_max_length=L).eval()
         flops = stdit3_forward_flops(depth, 1152, T, (H // 2) * (W // 2), L, CAPTION_CHANNELS)
@@ -224,22 +224,13 @@ def run_torch(depth, runs, part_path, serve=False):
 # ------------------------------------------------------------------------------------------ parent
 def _rss_gb(pid):
     """RSS of ``pid`` and its descendants (GB)."""
-    total = 0
     pids = [pid]
     try:
         children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
         pids += [int(p) for p in children]
     except OSError:
         pass
-    for p in pids:
-        try:
-            with open(f"/proc/{p}/status", encoding="ascii") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1]) * 1024
-        except OSError:
-            pass
-    return total / 2**30
+    return sum(status_bytes("VmRSS", p) for p in pids) / 2**30
 
 
 def _run_child(mode, args, part_path):

@@ -108,6 +108,17 @@ class DropPath(nn.Cell):
         return x / keep * mask
 
 
+def _init_heads(cell, dim: int, num_heads: int, attn_drop, proj_drop, enable_flash_attn):
+    """What self and cross attention set up alike: ``num_heads``, ``head_dim``, ``scale``, ``use_flash``."""
+    if dim % num_heads:
+        raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
+    if attn_drop or proj_drop:
+        raise NotImplementedError("attention dropout is not used by any STDiT and is not implemented")
+    cell.num_heads, cell.head_dim = num_heads, dim // num_heads
+    cell.scale = cell.head_dim ** -0.5
+    cell.use_flash = bool(enable_flash_attn) and is_ascend()  # the flash kernel only exists on Ascend
+
+
 class Attention(nn.Cell):
     """Multi-head self attention with upstream's ``qkv``/``proj``/``q_norm``/``k_norm`` parameters.
 
@@ -122,13 +133,8 @@ class Attention(nn.Cell):
                  enable_flash_attn: bool = False, rope=None, qk_norm_legacy: bool = False,
                  zero_init_output: bool = False):
         super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
-        if attn_drop or proj_drop:
-            raise NotImplementedError("attention dropout is not used by any STDiT and is not implemented")
-        self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
-        self.scale = self.head_dim ** -0.5
-        self.use_flash = bool(enable_flash_attn) and is_ascend()  # flash kernel only exists on Ascend
+        self.dim = dim
+        _init_heads(self, dim, num_heads, attn_drop, proj_drop, enable_flash_attn)
         self.qkv = Linear(dim, dim * 3, bias=qkv_bias, weight_init=XAVIER, bias_init="zeros")
         self.qk_norm = bool(qk_norm)
         if qk_norm:
@@ -212,13 +218,8 @@ class MultiHeadCrossAttention(nn.Cell):
     def __init__(self, d_model: int, num_heads: int, attn_drop: float = 0.0, proj_drop: float = 0.0,
                  enable_flash_attn: bool = False, zero_init_output: bool = False):
         super().__init__()
-        if d_model % num_heads:
-            raise ValueError(f"d_model ({d_model}) must be divisible by num_heads ({num_heads})")
-        if attn_drop or proj_drop:
-            raise NotImplementedError("attention dropout is not used by any STDiT and is not implemented")
-        self.d_model, self.num_heads, self.head_dim = d_model, num_heads, d_model // num_heads
-        self.scale = self.head_dim ** -0.5
-        self.use_flash = bool(enable_flash_attn) and is_ascend()  # flash kernel only exists on Ascend
+        self.d_model = d_model
+        _init_heads(self, d_model, num_heads, attn_drop, proj_drop, enable_flash_attn)
         self.q_linear = Linear(d_model, d_model, weight_init=XAVIER, bias_init="zeros")
         self.kv_linear = Linear(d_model, d_model * 2, weight_init=XAVIER, bias_init="zeros")
         self.proj = Linear(d_model, d_model, weight_init="zeros" if zero_init_output else XAVIER, bias_init="zeros")

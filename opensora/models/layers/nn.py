@@ -172,7 +172,10 @@ class _ConvNd(nn.Cell):
         # kernel taps instead (same numbers up to float rounding). Ascend/GPU keep the native op.
         # Small convolutions stay native: there the per-op cost of the taps outweighs the gain.
         self._by_taps = groups == 1 and int(np.prod(self.kernel_size)) > 1 and cpu_target()
-        self._taps = kernel_taps(self.kernel_size)
+        # conv_by_taps is 3-D: a 2-D convolution is one over a depth of 1
+        depth = (1,) if n == 2 else ()
+        self._taps_geometry = (depth + self.stride, (0,) * len(depth) + self.padding, depth + self.dilation,
+                               kernel_taps(depth + self.kernel_size))
         self._macs_per_output = in_channels * out_channels * int(np.prod(self.kernel_size))
         self.taps_min_macs = TAPS_MIN_MACS
 
@@ -184,7 +187,9 @@ class _ConvNd(nn.Cell):
         for size in x.shape[2:]:
             positions = positions * size
         if self._by_taps and x.shape[0] * positions * self._macs_per_output >= self.taps_min_macs:
-            return conv_by_taps(x, weight, bias, self.stride, self.padding, self.dilation, self._taps)
+            if self._dims == 2:
+                return conv_by_taps(x.expand_dims(2), weight.expand_dims(2), bias, *self._taps_geometry).squeeze(2)
+            return conv_by_taps(x, weight, bias, *self._taps_geometry)
         return self._conv(x, weight, bias, self.stride, "pad", self.padding, self.dilation, self.groups)
 
 
@@ -207,26 +212,13 @@ def _out_size(size, kernel, stride, dilation):
 
 
 def conv_by_taps(x, weight, bias, stride, padding, dilation, taps):
-    """A 2-D or 3-D convolution (groups 1, symmetric zero padding) as a sum over the kernel taps of
-    1x1 convolutions of strided views of the input: the fast path of the CPU backend.
+    """A 3-D convolution (groups 1, symmetric zero padding) as a sum over the kernel taps of 1x1
+    convolutions of strided views of the input: the fast path of the CPU backend (2-D convolutions
+    use it with a depth of 1).
 
-    ``x`` (N, C, *S), ``weight`` (O, C, *K), ``taps`` = :func:`kernel_taps` of K. Peak memory is
+    ``x`` (N, C, D, H, W), ``weight`` (O, C, *K), ``taps`` = :func:`kernel_taps` of K. Peak memory is
     about one padded input plus one view and two outputs (no im2col copy of the whole input).
     """
-    if len(padding) == 2:
-        x = ops.pad(x, (padding[1], padding[1], padding[0], padding[0]))
-        oh = _out_size(x.shape[2], weight.shape[2], stride[0], dilation[0])
-        ow = _out_size(x.shape[3], weight.shape[3], stride[1], dilation[1])
-        out = None
-        for tap in taps:
-            h0 = tap[0] * dilation[0]
-            w0 = tap[1] * dilation[1]
-            view = x[:, :, h0:h0 + (oh - 1) * stride[0] + 1:stride[0], w0:w0 + (ow - 1) * stride[1] + 1:stride[1]]
-            term = ops.conv2d(view, weight[:, :, tap[0]:tap[0] + 1, tap[1]:tap[1] + 1])
-            out = term if out is None else out + term
-        if bias is not None:
-            out = out + bias.reshape(1, -1, 1, 1)
-        return out
     x = ops.pad(x, (padding[2], padding[2], padding[1], padding[1], padding[0], padding[0]))
     n, c = x.shape[0], x.shape[1]
     od = _out_size(x.shape[2], weight.shape[2], stride[0], dilation[0])
