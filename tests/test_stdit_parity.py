@@ -51,21 +51,27 @@ def test_forward_matches_reference(models, version, case):
     assert diff < TOL, f"{version} {case}: max abs diff {diff:.2e} (output scale {scale:.2f})"
 
 
-@pytest.mark.parametrize("version", ["STDiT3", "STDiT2"])
+@pytest.mark.parametrize("version", ["STDiT3", "STDiT2", "STDiT"])
 def test_non_cpu_formulations_match_reference(models, version):
-    """Off the CPU backend, RoPE rotates by slicing and the RMS norm takes a ReduceMean (the CPU backend
-    uses small MatMuls instead): those paths must match the reference too. Switched on a built model."""
+    """Off the CPU backend the layers keep their plain forms (LayerNorm kernel and broadcasting modulation
+    and gates, ReduceMean in the RMS norm, RoPE by slicing), while the CPU backend computes row statistics
+    and broadcasts with small MatMuls: those paths must match the reference too. Switched on a built model."""
     net, ref = models(version)
-    rms_norms = [cell for _, cell in net.cells_and_names() if hasattr(cell, "mean_by_matmul")]
-    assert rms_norms and net.rope.rotate_half is not None  # the CPU formulations are the default here
-    saved = net.rope.rotate_half
+    switched = [cell for _, cell in net.cells_and_names() if getattr(cell, "matmul_forms", False)]
+    kinds = {type(cell).__name__ for cell in switched}
+    assert {"LayerNorm", f"{version}Block"} <= kinds  # the CPU formulations are the default here
+    rope = getattr(net, "rope", None)
+    saved = rope.rotate_half if rope is not None else None
+    assert (rope is None) == (version == "STDiT") and (rope is None or saved is not None)
     try:
-        net.rope.rotate_half = None
-        for cell in rms_norms:
-            cell.mean_by_matmul = False
-        diff, _ = _run_both(net, ref, tiny_inputs(version, as_numpy=True, x_mask=True))
+        if rope is not None:
+            rope.rotate_half = None
+        for cell in switched:
+            cell.matmul_forms = False
+        diff, _ = _run_both(net, ref, tiny_inputs(version, as_numpy=True, x_mask=version != "STDiT"))
     finally:
-        net.rope.rotate_half = saved
-        for cell in rms_norms:
-            cell.mean_by_matmul = True
+        if rope is not None:
+            rope.rotate_half = saved
+        for cell in switched:
+            cell.matmul_forms = True
     assert diff < TOL, f"{version}: max abs diff {diff:.2e}"

@@ -29,18 +29,6 @@ class SiLU(nn.Cell):
         return x * ops.sigmoid(x)
 
 
-def modulate(norm_func, x, shift, scale):
-    """DiT's modulation: norm in float32, then x·(1+scale)+shift with (B, C) parameters."""
-    dtype = x.dtype
-    x = norm_func(x.astype(ms.float32)).astype(dtype)
-    return x * (scale.expand_dims(1) + 1) + shift.expand_dims(1)
-
-
-def t2i_modulate(x, shift, scale):
-    """PixArt's modulation with parameters already broadcastable to ``x``."""
-    return x * (1 + scale) + shift
-
-
 def t_mask_select(x_mask, x, masked_x, T: int, S: int):
     """Upstream's helper on (B, T·S, C) tokens: frames where ``x_mask`` is True take ``x``, others ``masked_x``."""
     b, _, c = x.shape
@@ -167,6 +155,8 @@ class Attention(nn.Cell):
 
     def _attend(self, q, k, v, rope):
         """(B, H, N, D) queries, keys, values -> (B, H, N, D)."""
+        if self.rope:
+            rope = _expanded_rope(rope, q.shape)
         if self.rope and self.qk_norm_legacy:
             q, k = _rotate(q, rope), _rotate(k, rope)
         scale = self.scale
@@ -182,6 +172,15 @@ def _split_heads(x, num_heads):
     """(B, N, H·D) -> (B, H, N, D)."""
     b, n, c = x.shape
     return x.reshape(b, n, num_heads, c // num_heads).transpose(0, 2, 1, 3)
+
+
+def _expanded_rope(rope, shape):
+    """(cos, sin, rotate_half) with, when ``rotate_half`` is given (the CPU backend), cos and sin
+    broadcast to the (B, H, N, D) ``shape`` once for q and k: same-shape Muls, not broadcasting ones."""
+    cos, sin, rotate_half = rope
+    if rotate_half is None:
+        return rope
+    return ops.broadcast_to(cos, shape), ops.broadcast_to(sin, shape), rotate_half
 
 
 def _rotate(x, rope):
@@ -259,7 +258,7 @@ class T2IFinalLayer(nn.Cell):
         t = ops.tile(t, (1, 2))
         t0 = ops.tile(t0, (1, 2)) if t0 is not None else None
         shift, scale = frame_modulations(self.scale_shift_table, t, 2, x_mask, t0)
-        return self.linear(t2i_modulate(self.norm_final(x), shift, scale))
+        return self.linear(self.norm_final.modulate(x, shift, scale))
 
 
 def scale_shift_table(rows: int, hidden_size: int) -> Parameter:

@@ -21,7 +21,8 @@ from mindspore import nn, ops
 from ...config import check_kwargs
 from ...utils.checkpoint import CheckpointError, load_into, read_checkpoint
 from ..layers.attention import use_flash_attention
-from ..layers.blocks import t2i_modulate, text_attention_mask
+from ..layers.blocks import text_attention_mask
+from ..layers.nn import cpu_target, expand_rows
 
 logger = logging.getLogger(__name__)
 
@@ -76,16 +77,27 @@ class ModelConfig:
 
 
 class FrameBlockTail(nn.Cell):
-    """The end shared by the 1.0 and 1.1 blocks, which hold ``x`` as (B, T, S, C): cross-attention to the
-    caption over all T*S tokens, then the modulated MLP. Subclasses own ``cross_attn``, ``norm2``, ``mlp``
-    and ``drop_path``."""
+    """What every STDiT block shares, on ``x`` held as (B, T, S, C): gated residuals, and the end of the
+    block: cross-attention to the caption over all T*S tokens, then the modulated MLP. Subclasses own
+    ``cross_attn``, ``norm2``, ``mlp`` and ``drop_path``."""
+
+    def __init__(self):
+        super().__init__()
+        # CPU backend: the (B, T|1, 1, C) gate broadcast as a K=1 MatMul, then a same-shape Mul (see expand_rows)
+        self.matmul_forms = cpu_target()
+
+    def gated(self, gate, y):
+        """``drop_path(gate · y)``: the residual branch ``y`` (B, T, S, C) scaled by its adaLN gate."""
+        if self.matmul_forms:
+            return self.drop_path(expand_rows(gate, y.shape) * y)
+        return self.drop_path(gate * y)
 
     def cross_attention_and_mlp(self, x, y, kv, mask, shift_mlp, scale_mlp, gate_mlp):
         b, nt, ns, c = x.shape
         if kv is None:
             kv = self.cross_attn.project_kv(y)
         x = x + self.cross_attn.attend(x.reshape(b, nt * ns, c), kv, mask).reshape(b, nt, ns, c)
-        return x + self.drop_path(gate_mlp * self.mlp(t2i_modulate(self.norm2(x), shift_mlp, scale_mlp)))
+        return x + self.gated(gate_mlp, self.mlp(self.norm2.modulate(x, shift_mlp, scale_mlp)))
 
 
 def caption_extent(mask, length: int, multiple: int = 16):

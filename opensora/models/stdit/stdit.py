@@ -10,7 +10,7 @@ from mindspore import Tensor, nn
 from mindspore.common.initializer import Normal
 
 from ..layers.blocks import (Attention, DropPath, Mlp, MultiHeadCrossAttention, SiLU, T2IFinalLayer,
-                             frame_modulations, scale_shift_table, t2i_modulate)
+                             frame_modulations, scale_shift_table)
 from ..layers.embeddings import (CaptionEmbedder, PatchEmbed3D, TimestepEmbedder, get_1d_sincos_pos_embed,
                                  get_2d_sincos_pos_embed)
 from ..layers.nn import LayerNorm, Linear, gelu_tanh
@@ -40,12 +40,12 @@ class STDiTBlock(FrameBlockTail):
         b, nt, ns, c = x.shape
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = frame_modulations(
             self.scale_shift_table, t, 6)
-        x_m = t2i_modulate(self.norm1(x), shift_msa, scale_msa)
+        x_m = self.norm1.modulate(x, shift_msa, scale_msa)
         x_s = self.attn(x_m.reshape(b * nt, ns, c)).reshape(b, nt, ns, c)
-        x = x + self.drop_path(gate_msa * x_s)
+        x = x + self.gated(gate_msa, x_s)
 
         x_t = x if tpe is None else x + tpe.reshape(1, nt, 1, c)
-        x = x + self.drop_path(gate_msa * self.attn_temp.over_frames(x_t))  # upstream reuses the spatial gate
+        x = x + self.gated(gate_msa, self.attn_temp.over_frames(x_t))  # upstream reuses the spatial gate
 
         return self.cross_attention_and_mlp(x, y, kv, mask, shift_mlp, scale_mlp, gate_mlp)
 

@@ -10,7 +10,7 @@ from mindspore import nn, ops
 from mindspore.common.initializer import Normal
 
 from ..layers.blocks import (Attention, DropPath, Mlp, MultiHeadCrossAttention, SiLU, T2IFinalLayer,
-                             frame_modulations, scale_shift_table, t2i_modulate)
+                             frame_modulations, scale_shift_table)
 from ..layers.embeddings import (CaptionEmbedder, PatchEmbed3D, PositionEmbedding2D, RotaryEmbedding, SizeEmbedder,
                                  TimestepEmbedder)
 from ..layers.nn import LayerNorm, Linear, gelu_tanh
@@ -44,12 +44,12 @@ class STDiT2Block(FrameBlockTail):
             self.scale_shift_table, t, 6, x_mask, t0)
         shift_tmp, scale_tmp, gate_tmp = frame_modulations(self.scale_shift_table_temporal, t_tmp, 3, x_mask, t0_tmp)
 
-        x_m = t2i_modulate(self.norm1(x), shift_msa, scale_msa)
+        x_m = self.norm1.modulate(x, shift_msa, scale_msa)
         x_s = self.attn(x_m.reshape(b * nt, ns, c)).reshape(b, nt, ns, c)
-        x = x + self.drop_path(gate_msa * x_s)
+        x = x + self.gated(gate_msa, x_s)
 
-        x_m = t2i_modulate(self.norm_temp(x), shift_tmp, scale_tmp)
-        x = x + self.drop_path(gate_tmp * self.attn_temp.over_frames(x_m, rope))
+        x_m = self.norm_temp.modulate(x, shift_tmp, scale_tmp)
+        x = x + self.gated(gate_tmp, self.attn_temp.over_frames(x_m, rope))
 
         return self.cross_attention_and_mlp(x, y, kv, mask, shift_mlp, scale_mlp, gate_mlp)
 

@@ -9,15 +9,15 @@ import mindspore as ms
 from mindspore import nn, ops
 
 from ..layers.blocks import (Attention, DropPath, Mlp, MultiHeadCrossAttention, SiLU, T2IFinalLayer, XAVIER,
-                             frame_modulations, scale_shift_table, t2i_modulate)
+                             frame_modulations, scale_shift_table)
 from ..layers.embeddings import (CaptionEmbedder, PatchEmbed3D, PositionEmbedding2D, RotaryEmbedding, SizeEmbedder,
                                  TimestepEmbedder)
 from ..layers.nn import LayerNorm, Linear, gelu_tanh
 from ..registry import MODELS
-from .common import ModelConfig, STDiTBase, build_pretrained
+from .common import FrameBlockTail, ModelConfig, STDiTBase, build_pretrained
 
 
-class STDiT3Block(nn.Cell):
+class STDiT3Block(FrameBlockTail):
     """One spatial (attention over the S patches of a frame) or temporal (over the T frames of a patch)
     block on (B, T, S, C) tokens. ``rope`` (constructor): use rotary embeddings (temporal blocks)."""
 
@@ -45,20 +45,14 @@ class STDiT3Block(nn.Cell):
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = frame_modulations(
             self.scale_shift_table, t, 6, x_mask, t0)
 
-        x_m = t2i_modulate(self.norm1(x), shift_msa, scale_msa)
+        x_m = self.norm1.modulate(x, shift_msa, scale_msa)
         if self.temporal:
             x_m = self.attn.over_frames(x_m, rope)
         else:
             x_m = self.attn(x_m.reshape(b * nt, ns, c)).reshape(b, nt, ns, c)
-        x = x + self.drop_path(gate_msa * x_m)
+        x = x + self.gated(gate_msa, x_m)
 
-        if kv is None:
-            kv = self.cross_attn.project_kv(y)
-        x = x + self.cross_attn.attend(x.reshape(b, nt * ns, c), kv, mask).reshape(b, nt, ns, c)
-
-        x_m = t2i_modulate(self.norm2(x), shift_mlp, scale_mlp)
-        x = x + self.drop_path(gate_mlp * self.mlp(x_m))
-        return x
+        return self.cross_attention_and_mlp(x, y, kv, mask, shift_mlp, scale_mlp, gate_mlp)
 
 
 class STDiT3Config(ModelConfig):
