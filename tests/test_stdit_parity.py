@@ -55,7 +55,8 @@ def test_forward_matches_reference(models, version, case):
 def test_non_cpu_formulations_match_reference(models, version):
     """Off the CPU backend the layers keep their plain forms (LayerNorm kernel and broadcasting modulation
     and gates, ReduceMean in the RMS norm, RoPE by slicing), while the CPU backend computes row statistics
-    and broadcasts with small MatMuls: those paths must match the reference too. Switched on a built model."""
+    and broadcasts with small MatMuls: those paths must match the reference too, in graph mode. Switched on a
+    built model."""
     net, ref = models(version)
     switched = [cell for _, cell in net.cells_and_names() if getattr(cell, "matmul_forms", False)]
     kinds = {type(cell).__name__ for cell in switched}
@@ -68,6 +69,7 @@ def test_non_cpu_formulations_match_reference(models, version):
             rope.rotate_half = None
         for cell in switched:
             cell.matmul_forms = False
+        ms.set_context(mode=ms.GRAPH_MODE)  # as the models run (graph mode has its own rules)
         diff, _ = _run_both(net, ref, tiny_inputs(version, as_numpy=True, x_mask=version != "STDiT"))
     finally:
         if rope is not None:

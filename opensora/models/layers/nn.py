@@ -89,13 +89,15 @@ class LayerNorm(nn.Cell):
             out, _, _ = self.layer_norm(x.astype(ms.float32), weight, bias)
             return out.astype(dtype)
         centred, inv_std = self._row_statistics(x)
-        out = ops.bias_add(centred * ops.matmul(inv_std, weight.reshape(1, -1)), bias)
+        out = centred * ops.matmul(inv_std, weight.reshape(1, -1))
+        if self.bias is not None:
+            out = ops.bias_add(out, bias)
         return out.reshape(x.shape).astype(dtype)
 
     def modulate(self, x, shift, scale):
         """``self(x)·(1+scale)+shift`` for x (..., R, C) and ``shift``/``scale`` (..., 1, C) broadcastable to it."""
         if not self.matmul_forms or self.elementwise_affine:
-            norm = self(x)
+            norm = self.construct(x)  # graph mode cannot call the cell itself from its own method
             return norm * (1 + scale) + shift
         # (x - mean) · [1/std ⊗ (1+scale)] + shift: the outer product is one batched K=1 MatMul per group of
         # rows sharing a modulation. Computed in float32 and cast once (the fused kernel's dtype path).
