@@ -4,8 +4,8 @@
     msrun --worker_num=2 --local_worker_num=2 benchmarks/train.py --sizes medium --use_parallel --zero_stage 1
 
 Random weights and random inputs (cached-latent training: no VAE); the step is the one training runs
-(loss -> grads -> [AllReduce] -> clip -> AdamW [ZeRO-1] -> EMA). Under msrun every rank reports its own
-optimizer-state size and peak RSS (``rank{r}`` in the output file name).
+(loss -> grads -> [AllReduce] -> clip -> AdamW -> EMA, both sharded under ZeRO-1). Under msrun every rank
+reports its own optimizer-state and EMA sizes and peak RSS (``rank{r}`` in the output file name).
 """
 from __future__ import annotations
 
@@ -47,8 +47,10 @@ def build_step(size: str, recompute: bool, zero_stage: int, world: int, rank: in
     sched = RFlow(use_timestep_transform=True, sample_method="logit-normal")
     loss = DiffusionLoss(model, sched)
     params = model.trainable_params()
-    opt = AdamW(params, lr=1e-4, shard=zero_stage == 1, world=world, rank=rank)
-    step = TrainStep(loss, opt, clip_grad=1.0, ema=EMA(params, 0.99), world=world)
+    shard = dict(shard=zero_stage == 1, world=world, rank=rank)
+    opt = AdamW(params, lr=1e-4, **shard)
+    ema = EMA(params, 0.99, **shard)
+    step = TrainStep(loss, opt, clip_grad=1.0, ema=ema, world=world)
     c, t, h, w = spec["latent"]
     b = spec["batch"]
     rng = np.random.default_rng(rank)
@@ -61,7 +63,7 @@ def build_step(size: str, recompute: bool, zero_stage: int, world: int, rank: in
              "ar": np.full(b, h / w, np.float32)}
     inputs = StepInputs(sched)(batch, rng)
     n_params = sum(int(np.prod(p.shape)) for p in params)
-    return step, opt, inputs, b, n_params
+    return step, opt, ema, inputs, b, n_params
 
 
 def run_case(size, mode, recompute, steps, zero_stage=0, world=1, rank=0):
@@ -69,7 +71,7 @@ def run_case(size, mode, recompute, steps, zero_stage=0, world=1, rank=0):
 
     ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
     with PeakMemory() as mem:
-        step, opt, inputs, batch, n_params = build_step(size, recompute, zero_stage, world, rank)
+        step, opt, ema, inputs, batch, n_params = build_step(size, recompute, zero_stage, world, rank)
         lr = ms.Tensor(1e-4, ms.float32)
         start = time.perf_counter()
         step(lr, *inputs)[0].asnumpy()  # compile (graph) / warm-up (pynative)
@@ -84,7 +86,8 @@ def run_case(size, mode, recompute, steps, zero_stage=0, world=1, rank=0):
             "rank": rank, "params": n_params, "batch_per_rank": batch, "first_step_s": round(first, 3),
             **{k: round(v, 4) if isinstance(v, float) else v for k, v in stats.items()},
             "samples_per_s": round(batch * world / stats["median_s"], 3),
-            "optimizer_state_mib": round(opt.state_bytes() / 2 ** 20, 2), "peak_rss_gib": round(mem.peak_gb, 3)}
+            "optimizer_state_mib": round(opt.state_bytes() / 2 ** 20, 2),
+            "ema_state_mib": round(ema.state_bytes() / 2 ** 20, 2), "peak_rss_gib": round(mem.peak_gb, 3)}
 
 
 def _isolated(size, mode, recompute, steps) -> dict:

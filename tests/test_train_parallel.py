@@ -1,6 +1,6 @@
-"""The training step machinery on a toy network: AdamW + clipping against torch, and under msrun
-(two CPU workers, mccl) data parallel and ZeRO-1 optimizer sharding against one process that sees
-both ranks' batches.
+"""The training step machinery on a toy network: AdamW + clipping + EMA against torch, and under msrun
+(two CPU workers, mccl) data parallel and ZeRO-1 (optimizer state and EMA sharded) against one process
+that sees both ranks' batches.
 
 This file is also the msrun worker: ``python tests/test_train_parallel.py toy_worker OUT`` (both
 zero stages in one launch, to pay the start-up once).
@@ -42,6 +42,7 @@ def _init_weights():
 
 HPARAMS = dict(lr=3e-2, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.05)
 CLIP = 0.5
+EMA_DECAY = 0.8  # far from 1, so that four steps move the EMA well away from the initial weights
 
 
 def _build_toy():
@@ -68,12 +69,15 @@ def _build_toy():
 def train_toy(zero_stage: int, world: int, rank: int, batch_fn):
     import mindspore as ms
 
+    from opensora.training.ema import EMA
     from opensora.training.optimizer import AdamW
     from opensora.training.train_step import TrainStep
 
     net = _build_toy()
-    opt = AdamW(net.trainable_params(), shard=zero_stage == 1, world=world, rank=rank, **HPARAMS)
-    step = TrainStep(net, opt, clip_grad=CLIP, world=world)
+    shard = dict(shard=zero_stage == 1, world=world, rank=rank)
+    opt = AdamW(net.trainable_params(), **shard, **HPARAMS)
+    ema = EMA(net.trainable_params(), EMA_DECAY, **shard)
+    step = TrainStep(net, opt, clip_grad=CLIP, ema=ema, world=world)
     losses = []
     for i in range(STEPS):
         x, y = batch_fn(i)
@@ -81,7 +85,7 @@ def train_toy(zero_stage: int, world: int, rank: int, batch_fn):
         assert bool(finite.asnumpy())
         losses.append(float(loss.asnumpy()))
     params = {p.name: p.asnumpy() for p in net.trainable_params()}
-    return params, losses, opt
+    return params, losses, opt, ema
 
 
 def _worker(out_dir: str) -> None:
@@ -89,14 +93,23 @@ def _worker(out_dir: str) -> None:
 
     from benchmarks.common import rss_bytes
     from opensora.runtime import init_runtime
+    from opensora.training.ema import EMA
 
     rt = init_runtime("CPU", mode="graph", distributed=True, seed=0)
     result = {"rank": rt.rank_id, "world": rt.device_num}
     for zero in (0, 1):
-        params, losses, opt = train_toy(zero, rt.device_num, rt.rank_id, lambda i: _batches(i, rt.rank_id))
+        params, losses, opt, ema = train_toy(zero, rt.device_num, rt.rank_id, lambda i: _batches(i, rt.rank_id))
         np.savez(os.path.join(out_dir, f"rank{rt.rank_id}_zero{zero}.npz"), **params)
+        ema_full = {k: v.asnumpy() for k, v in ema.plain_state().items()}  # gathered from the slices
+        np.savez(os.path.join(out_dir, f"rank{rt.rank_id}_zero{zero}_ema.npz"), **ema_full)
+        # resuming: a fresh EMA takes this rank's slices of the full values, the ones training left
+        fresh = EMA(_build_toy().trainable_params(), EMA_DECAY, shard=zero == 1, world=rt.device_num,
+                    rank=rt.rank_id)
+        fresh.load_plain_state(ema_full, "round trip")
+        reload_diff = max(float(np.abs(a.asnumpy() - b.asnumpy()).max()) for a, b in zip(fresh.ema, ema.ema))
         result[f"zero{zero}"] = {"losses": losses, "optimizer_state_bytes": opt.state_bytes(),
-                                 "moment_shapes": [list(m.shape) for m in opt.moments_m]}
+                                 "moment_shapes": [list(m.shape) for m in opt.moments_m],
+                                 "ema_state_bytes": ema.state_bytes(), "ema_reload_max_diff": reload_diff}
     result["rss_bytes"] = rss_bytes()
     with open(os.path.join(out_dir, f"rank{rt.rank_id}.json"), "w") as f:
         json.dump(result, f)
@@ -112,6 +125,7 @@ def _torch_reference():
     import torch
 
     w = {k: torch.tensor(v, requires_grad=True) for k, v in _init_weights().items()}
+    ema = {k: v.detach().clone() for k, v in w.items()}
     opt = torch.optim.AdamW(list(w.values()), **HPARAMS)
     losses = []
     for i in range(STEPS):
@@ -122,19 +136,25 @@ def _torch_reference():
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(w.values()), CLIP)
         opt.step()
+        with torch.no_grad():  # upstream's update_ema
+            for k, v in w.items():
+                ema[k].mul_(EMA_DECAY).add_(v, alpha=1 - EMA_DECAY)
         losses.append(float(loss))
-    return {k: v.detach().numpy() for k, v in w.items()}, losses
+    return {k: v.detach().numpy() for k, v in w.items()}, losses, {k: v.numpy() for k, v in ema.items()}
 
 
 def test_adamw_step_matches_torch_graph_and_pynative():
     import mindspore as ms
 
-    ref, ref_losses = _torch_reference()
+    ref, ref_losses, ref_ema = _torch_reference()
     for mode in (ms.PYNATIVE_MODE, ms.GRAPH_MODE):
         ms.set_context(mode=mode)
-        params, losses, _ = train_toy(0, 1, 0, _both_ranks)
+        params, losses, _, ema = train_toy(0, 1, 0, _both_ranks)
+        ema = ema.plain_state()
         for name, value in ref.items():
             np.testing.assert_allclose(params[name], value, atol=2e-6, err_msg=name)
+            np.testing.assert_allclose(ema[name].asnumpy(), ref_ema[name], atol=2e-6, err_msg=f"ema {name}")
+            assert np.abs(ref_ema[name] - value).max() > 1e-3  # the EMA is not just the weights
         np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
 
 
@@ -170,7 +190,8 @@ def test_msrun_data_parallel_and_zero1_match_single_process(tmp_path):
     start = time.time()
     run_msrun([os.path.abspath(__file__), "toy_worker", str(tmp_path)], str(tmp_path / "logs"))
     ms.set_context(mode=ms.GRAPH_MODE)
-    single, single_losses, single_opt = train_toy(0, 1, 0, _both_ranks)
+    single, single_losses, single_opt, single_ema = train_toy(0, 1, 0, _both_ranks)
+    single_ema = {k: v.asnumpy() for k, v in single_ema.plain_state().items()}
     ranks = [json.load(open(tmp_path / f"rank{r}.json")) for r in range(WORLD)]
     for zero in (0, 1):
         p0 = dict(np.load(tmp_path / f"rank0_zero{zero}.npz"))
@@ -178,6 +199,11 @@ def test_msrun_data_parallel_and_zero1_match_single_process(tmp_path):
         for name, value in single.items():
             np.testing.assert_array_equal(p0[name], p1[name], err_msg=f"zero{zero}: ranks differ in {name}")
             np.testing.assert_allclose(p0[name], value, atol=1e-6, err_msg=f"zero{zero} vs one process: {name}")
+        e0 = dict(np.load(tmp_path / f"rank0_zero{zero}_ema.npz"))
+        e1 = dict(np.load(tmp_path / f"rank1_zero{zero}_ema.npz"))
+        for name, value in single_ema.items():
+            np.testing.assert_array_equal(e0[name], e1[name], err_msg=f"zero{zero}: ranks' EMA differ in {name}")
+            np.testing.assert_allclose(e0[name], value, atol=1e-6, err_msg=f"zero{zero} EMA vs one process: {name}")
         # the logged loss is the mean over ranks = the one-process loss on the global batch
         np.testing.assert_allclose(ranks[0][f"zero{zero}"]["losses"], single_losses, rtol=1e-5)
     full = single_opt.state_bytes()
@@ -186,6 +212,11 @@ def test_msrun_data_parallel_and_zero1_match_single_process(tmp_path):
         # each rank keeps ceil(numel / 2) elements of each moment: about half
         assert r["zero1"]["optimizer_state_bytes"] <= full / 2 + 4 * 2 * 4 * 2
         assert all(len(s) == 1 for s in r["zero1"]["moment_shapes"])
+        # the EMA is sharded like the moments (one float32 copy of the parameters, halved), and a resumed
+        # rank takes back exactly the slices it had
+        assert r["zero0"]["ema_state_bytes"] == full // 2
+        assert r["zero1"]["ema_state_bytes"] <= full / 4 + 4 * 4 * 2
+        assert r["zero0"]["ema_reload_max_diff"] == 0.0 and r["zero1"]["ema_reload_max_diff"] == 0.0
     print(f"\nmsrun toy: optimizer state per rank zero0={full} B, zero1={ranks[0]['zero1']['optimizer_state_bytes']} B; "
           f"rss rank0={ranks[0]['rss_bytes'] / 2**20:.0f} MiB; {time.time() - start:.1f}s")
 

@@ -2,37 +2,102 @@
 
 The EMA copies are Parameters named ``ema.<param>``; :meth:`EMA.plain_state` returns them under the
 model's own names so that the EMA checkpoint loads into the model like any other (e.g. for inference).
+
+Under ZeRO-1 (``shard``) every rank keeps the EMA of its 1/world slice of each flattened, zero-padded
+parameter only, as upstream shards its EMA model across the data-parallel ranks: the same slices as the
+optimizer moments (:mod:`opensora.training.parallel`). Saving gathers the slices into full tensors, so
+``ema.ckpt`` is the same file with and without sharding; resuming takes this rank's slice of it.
 """
 from __future__ import annotations
 
+import numpy as np
+
 import mindspore as ms
-from mindspore import Parameter, nn, ops
+from mindspore import Parameter, Tensor, nn, ops
+
+from ..utils.checkpoint import CheckpointError
+from .parallel import padded_flat, shard_length
 
 
 class EMA(nn.Cell):
-    def __init__(self, params, decay: float = 0.9999):
+    def __init__(self, params, decay: float = 0.9999, shard: bool = False, world: int = 1, rank: int = 0):
         super().__init__()
         self.params = ms.ParameterTuple(params)
         self.decay = float(decay)
+        self.shard = bool(shard) and world > 1
+        self.world, self.rank = world, rank
         self.ema = ms.ParameterTuple(
-            [Parameter(p.value().astype(ms.float32).copy(), name=f"ema.{p.name}", requires_grad=False)
-             for p in self.params])
+            [Parameter(self._kept(p.value()), name=f"ema.{p.name}", requires_grad=False) for p in self.params])
         self.hyper_map = ops.HyperMap()
+        self._gather = _GatherSlices(self.ema) if self.shard else None
+
+    def _kept(self, value) -> Tensor:
+        """A full value -> what this rank keeps of it (float32): all of it, or its slice when sharded."""
+        value = np.asarray(value.asnumpy() if hasattr(value, "asnumpy") else value, np.float32)
+        if not self.shard:
+            return Tensor(value.copy())
+        chunk = shard_length(value.size, self.world)
+        flat = np.zeros(chunk * self.world, np.float32)
+        flat[:value.size] = value.reshape(-1)
+        return Tensor(flat[self.rank * chunk:(self.rank + 1) * chunk].copy())
 
     def state_parameters(self):
         return list(self.ema)
 
+    def state_bytes(self) -> int:
+        return sum(int(np.prod(e.shape)) * 4 for e in self.ema)
+
     def plain_state(self) -> dict:
-        """model parameter name -> EMA value (float32)."""
-        return {p.name: e.value() for p, e in zip(self.params, self.ema)}
+        """model parameter name -> EMA value (float32, full shape). Sharded: a collective, every rank calls it."""
+        if not self.shard:
+            return {p.name: e.value() for p, e in zip(self.params, self.ema)}
+        gathered = self._gather()
+        return {p.name: g[:int(np.prod(p.shape))].reshape(p.shape) for p, g in zip(self.params, gathered)}
+
+    def load_plain_state(self, values: dict, what: str) -> None:
+        """Set the EMA from full values by model parameter name (what :meth:`plain_state` returns)."""
+        missing = [p.name for p in self.params if p.name not in values]
+        if missing:
+            raise CheckpointError(f"{what}: missing {missing[:10]}{' ...' if len(missing) > 10 else ''}")
+        for p, e in zip(self.params, self.ema):
+            value = values[p.name]
+            if tuple(value.shape) != tuple(p.shape):
+                raise CheckpointError(f"{what}: {p.name} has shape {tuple(value.shape)}, expected {tuple(p.shape)}")
+            e.set_data(self._kept(value))
 
     def construct(self):
-        return self.hyper_map(ops.partial(_ema_update, self.decay), self.ema, self.params)
+        if self.shard:
+            update = ops.partial(_ema_slice_update, self.decay, self.world, self.rank)
+        else:
+            update = ops.partial(_ema_update, self.decay)
+        return self.hyper_map(update, self.ema, self.params)
+
+
+class _GatherSlices(nn.Cell):
+    """Every rank's EMA slices -> the flat, padded full tensors (AllGather), on every rank."""
+
+    def __init__(self, slices):
+        super().__init__()
+        self.slices = slices
+        self.all_gather = ops.AllGather()
+        self.hyper_map = ops.HyperMap()
+
+    def construct(self):
+        return self.hyper_map(self.all_gather, self.slices)
 
 
 _ema_update = ops.MultitypeFuncGraph("ema_update")
+_ema_slice_update = ops.MultitypeFuncGraph("ema_slice_update")
 
 
 @_ema_update.register("Number", "Tensor", "Tensor")
 def _update(decay, ema, param):
     return ops.assign(ema, ema * decay + param.astype(ms.float32) * (1.0 - decay))
+
+
+@_ema_slice_update.register("Number", "Number", "Number", "Tensor", "Tensor")
+def _update_slice(decay, world, rank, ema, param):
+    chunk = ema.shape[0]
+    start = rank * chunk
+    own = padded_flat(param.astype(ms.float32), chunk, world)[start:start + chunk]
+    return ops.assign(ema, ema * decay + own * (1.0 - decay))

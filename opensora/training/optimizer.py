@@ -16,7 +16,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
-from .parallel import shard_length
+from .parallel import padded_flat, shard_length
 
 
 class AdamW(nn.Cell):
@@ -108,12 +108,8 @@ def _sharded(all_gather, beta1, beta2, eps, weight_decay, world, rank, lr, bc1, 
     """Update slice ``rank`` of the flattened, zero-padded parameter, then AllGather the slices."""
     numel = p.size
     chunk = m.shape[0]
-    pad = chunk * world - numel
-    flat_p = p.reshape((-1,)).astype(ms.float32)
-    flat_g = g.reshape((-1,))
-    if pad > 0:
-        flat_p = ops.concat((flat_p, ops.zeros((pad,), flat_p.dtype)))
-        flat_g = ops.concat((flat_g, ops.zeros((pad,), flat_g.dtype)))
+    flat_p = padded_flat(p.astype(ms.float32), chunk, world)
+    flat_g = padded_flat(g, chunk, world)
     start = rank * chunk
     p_new, m_new, v_new = _adam(beta1, beta2, eps, weight_decay, lr, bc1, bc2, flat_p[start:start + chunk],
                                 flat_g[start:start + chunk], m, v)

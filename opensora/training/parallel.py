@@ -23,6 +23,15 @@ def shard_length(numel: int, world: int) -> int:
     return int(math.ceil(numel / world))
 
 
+def padded_flat(x, chunk: int, world: int):
+    """``x`` flattened and zero-padded to ``chunk * world`` elements: rank r's slice is [r·chunk, (r+1)·chunk)."""
+    flat = x.reshape((-1,))
+    pad = chunk * world - flat.shape[0]
+    if pad > 0:
+        flat = ops.concat((flat, ops.zeros((pad,), flat.dtype)))
+    return flat
+
+
 def world_info() -> tuple[int, int]:
     """(rank, world size) of the initialised communication group, or (0, 1) without one."""
     from ..runtime import current_runtime

@@ -113,7 +113,8 @@ class Trainer:
             raise ValueError("the model has no trainable parameters")
         self.optimizer = AdamW(trainable, lr=opts.lr, betas=opts.betas, eps=opts.adam_eps,
                                weight_decay=opts.weight_decay, shard=opts.zero_stage == 1, world=world, rank=rank)
-        self.ema = EMA(trainable, opts.ema_decay) if opts.ema_decay else None
+        self.ema = EMA(trainable, opts.ema_decay, shard=opts.zero_stage == 1, world=world, rank=rank) \
+            if opts.ema_decay else None
         self.scaler = LossScaler(opts.loss_scaler_type, opts.init_loss_scale, opts.loss_scale_factor, opts.scale_window)
         self.train_step = TrainStep(self.loss_net, self.optimizer, self.scaler, opts.grad_clip, self.ema, world)
         self.ckpt = CheckpointManager(opts.output_dir, opts.ckpt_max_keep, rank, world,
@@ -157,7 +158,7 @@ class Trainer:
         if self.ema is not None:
             if state["ema"] is None:
                 raise CheckpointError(f"{path}: no ema.ckpt but EMA is enabled")
-            _assign(self.ema.ema, {f"ema.{k}": v for k, v in state["ema"].items()}, f"{path}/ema.ckpt")
+            self.ema.load_plain_state(state["ema"], f"{path}/ema.ckpt")
         _assign(self.optimizer.state_parameters() + self.scaler.state_parameters(), state["train_state"],
                 f"{path}/train_state")
         meta = state["meta"]
