@@ -39,7 +39,7 @@ import time
 
 import numpy as np
 
-from benchmarks.common import status_bytes
+from benchmarks.common import PeakMemory, rss_bytes, status_bytes, summarize
 
 FULL_DEPTH = 28
 T, H, W = 15, 18, 32
@@ -125,7 +125,6 @@ def run_mode(mode, depth, runs, part_path, check=False, serve=False):
     """One mode in this process; every stage's figures are written to ``part_path`` as soon as known."""
     import mindspore as ms
 
-    from benchmarks.common import PeakMemory, rss_bytes, summarize
     from opensora.models.registry import MODELS
     from opensora.runtime import init_runtime
 
@@ -199,7 +198,6 @@ def run_torch(depth, runs, part_path, serve=False):
     captions projected in every forward as upstream does), same inputs, 2 threads, no_grad, in this run."""
     import torch
 
-    from benchmarks.common import PeakMemory, summarize
     from tests.reference.stdit3_torch import STDiT3
 
     torch.set_num_threads(2)

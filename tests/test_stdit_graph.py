@@ -6,7 +6,7 @@ import pytest
 import mindspore as ms
 from mindspore import nn, ops
 
-from tests.fixtures.tiny_stdit import build_tiny, tiny_inputs
+from tests.fixtures.tiny_stdit import build_tiny, perturb, tiny_inputs
 
 
 def _numpy(t):
@@ -41,14 +41,6 @@ class _Loss(nn.Cell):
         return (out * out).mean()
 
 
-def _perturb(net, seed=0):
-    rng = np.random.default_rng(seed)
-    for param in net.get_parameters():
-        if not param.name.endswith("rope.freqs"):
-            value = param.asnumpy()
-            param.set_data(ms.Tensor(value + 0.1 * rng.standard_normal(value.shape).astype(value.dtype)))
-
-
 FORWARD_ARGS = {  # upstream's positional forward arguments
     "STDiT3": ("x", "timestep", "y", "mask", "x_mask", "fps", "height", "width"),
     "STDiT2": ("x", "timestep", "y", "mask", "x_mask", "num_frames", "height", "width", "ar", "fps"),
@@ -64,7 +56,7 @@ def test_recompute_same_output_and_gradients(version):
     for recompute in (False, True):
         ms.set_seed(0)
         net = build_tiny(version, train=False, grad_checkpointing=recompute)
-        _perturb(net)  # zero-initialised layers would give all-zero gradients
+        perturb(net)  # zero-initialised layers would give all-zero gradients
         loss_net = _Loss(net)
         grad_fn = ms.value_and_grad(loss_net, None, loss_net.trainable_params())
         ms.set_context(mode=ms.GRAPH_MODE)

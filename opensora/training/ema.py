@@ -15,8 +15,8 @@ import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
-from ..utils.checkpoint import CheckpointError
-from .parallel import padded_flat, shard_length
+from ..utils.checkpoint import require_shapes
+from .parallel import rank_slice, shard_length
 
 
 class EMA(nn.Cell):
@@ -33,13 +33,10 @@ class EMA(nn.Cell):
 
     def _kept(self, value) -> Tensor:
         """A full value -> what this rank keeps of it (float32): all of it, or its slice when sharded."""
-        value = np.asarray(value.asnumpy() if hasattr(value, "asnumpy") else value, np.float32)
+        value = Tensor(np.array(value.asnumpy() if hasattr(value, "asnumpy") else value, np.float32))
         if not self.shard:
-            return Tensor(value.copy())
-        chunk = shard_length(value.size, self.world)
-        flat = np.zeros(chunk * self.world, np.float32)
-        flat[:value.size] = value.reshape(-1)
-        return Tensor(flat[self.rank * chunk:(self.rank + 1) * chunk].copy())
+            return value
+        return rank_slice(value, shard_length(value.size, self.world), self.world, self.rank)
 
     def state_parameters(self):
         return list(self.ema)
@@ -56,14 +53,9 @@ class EMA(nn.Cell):
 
     def load_plain_state(self, values: dict, what: str) -> None:
         """Set the EMA from full values by model parameter name (what :meth:`plain_state` returns)."""
-        missing = [p.name for p in self.params if p.name not in values]
-        if missing:
-            raise CheckpointError(f"{what}: missing {missing[:10]}{' ...' if len(missing) > 10 else ''}")
+        require_shapes(values, {p.name: p.shape for p in self.params}, what)
         for p, e in zip(self.params, self.ema):
-            value = values[p.name]
-            if tuple(value.shape) != tuple(p.shape):
-                raise CheckpointError(f"{what}: {p.name} has shape {tuple(value.shape)}, expected {tuple(p.shape)}")
-            e.set_data(self._kept(value))
+            e.set_data(self._kept(values[p.name]))
 
     def construct(self):
         if self.shard:
@@ -97,7 +89,5 @@ def _update(decay, ema, param):
 
 @_ema_slice_update.register("Number", "Number", "Number", "Tensor", "Tensor")
 def _update_slice(decay, world, rank, ema, param):
-    chunk = ema.shape[0]
-    start = rank * chunk
-    own = padded_flat(param.astype(ms.float32), chunk, world)[start:start + chunk]
+    own = rank_slice(param.astype(ms.float32), ema.shape[0], world, rank)
     return ops.assign(ema, ema * decay + own * (1.0 - decay))

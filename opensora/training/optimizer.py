@@ -16,7 +16,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
-from .parallel import padded_flat, shard_length
+from .parallel import rank_slice, shard_length
 
 
 class AdamW(nn.Cell):
@@ -108,11 +108,9 @@ def _sharded(all_gather, beta1, beta2, eps, weight_decay, world, rank, lr, bc1, 
     """Update slice ``rank`` of the flattened, zero-padded parameter, then AllGather the slices."""
     numel = p.size
     chunk = m.shape[0]
-    flat_p = padded_flat(p.astype(ms.float32), chunk, world)
-    flat_g = padded_flat(g, chunk, world)
-    start = rank * chunk
-    p_new, m_new, v_new = _adam(beta1, beta2, eps, weight_decay, lr, bc1, bc2, flat_p[start:start + chunk],
-                                flat_g[start:start + chunk], m, v)
+    p_new, m_new, v_new = _adam(beta1, beta2, eps, weight_decay, lr, bc1, bc2,
+                                rank_slice(p.astype(ms.float32), chunk, world, rank), rank_slice(g, chunk, world, rank),
+                                m, v)
     ops.assign(m, m_new)
     ops.assign(v, v_new)
     full = all_gather(p_new)[:numel].reshape(p.shape)

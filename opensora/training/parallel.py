@@ -23,13 +23,14 @@ def shard_length(numel: int, world: int) -> int:
     return int(math.ceil(numel / world))
 
 
-def padded_flat(x, chunk: int, world: int):
-    """``x`` flattened and zero-padded to ``chunk * world`` elements: rank r's slice is [r·chunk, (r+1)·chunk)."""
+def rank_slice(x, chunk: int, world: int, rank: int):
+    """Slice ``rank`` (``chunk`` elements) of ``x`` flattened and zero-padded to ``chunk * world`` elements:
+    what ZeRO-1 keeps of a parameter, its gradient or its EMA on that rank."""
     flat = x.reshape((-1,))
     pad = chunk * world - flat.shape[0]
     if pad > 0:
         flat = ops.concat((flat, ops.zeros((pad,), flat.dtype)))
-    return flat
+    return flat[rank * chunk:(rank + 1) * chunk]
 
 
 def world_info() -> tuple[int, int]:

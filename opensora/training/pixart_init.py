@@ -15,7 +15,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn
 
-from ..utils.checkpoint import CheckpointError, load_into, read_checkpoint
+from ..utils.checkpoint import CheckpointError, KeyReport, load_into, read_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -43,9 +43,8 @@ def load_pixart(model: nn.Cell, path: str):
         params[name] = value
     report = load_into(model, params, source=path, strict=False)
     if report.mismatched:  # as torch's load_state_dict(strict=False): a shape mismatch is an error
-        raise CheckpointError(f"PixArt init from {path}: {len(report.mismatched)} keys have another shape "
-                              f"than the model's (e.g. a y_embedding of another length: set model_max_length): "
-                              f"{report.mismatched[:20]}")
+        raise CheckpointError(f"PixArt init from {path} (a y_embedding of another length: set model_max_length):\n"
+                              f"{KeyReport(mismatched=report.mismatched).format()}")
     zeroed = []
     for p in model.get_parameters():
         if p.name in report.missing and ".attn_temp.proj." in p.name:

@@ -14,7 +14,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn
 
-from ..utils.checkpoint import CheckpointError, load_into
+from ..utils.checkpoint import CheckpointError, load_into, require_shapes
 from .checkpoint_manager import CheckpointManager
 from .ema import EMA
 from .loss_scaler import LossScaler
@@ -83,13 +83,9 @@ def _barrier() -> None:
 
 def _assign(params, values: dict, what: str) -> None:
     """Set every Parameter in ``params`` from ``values`` (by name), checking names and shapes."""
-    missing = [p.name for p in params if p.name not in values]
-    if missing:
-        raise CheckpointError(f"{what}: missing {missing[:10]}{' ...' if len(missing) > 10 else ''}")
+    require_shapes(values, {p.name: p.shape for p in params}, what)
     for p in params:
         v = values[p.name]
-        if tuple(v.shape) != tuple(p.shape):
-            raise CheckpointError(f"{what}: {p.name} has shape {tuple(v.shape)}, expected {tuple(p.shape)}")
         p.set_data(ms.Tensor(v.asnumpy() if hasattr(v, "asnumpy") else np.asarray(v)).astype(p.dtype))
 
 

@@ -55,6 +55,15 @@ def compare_shapes(checkpoint: Mapping[str, Iterable[int]], model: Mapping[str, 
     return report
 
 
+def require_shapes(values: Mapping, shapes: Mapping[str, Iterable[int]], source: str) -> None:
+    """Raise :class:`CheckpointError` listing every name of ``shapes`` that ``values`` lacks or holds with
+    another shape. Extra names in ``values`` are allowed (e.g. an EMA file also holds frozen parameters)."""
+    report = compare_shapes({k: v.shape for k, v in values.items()}, shapes)
+    report.unexpected = []
+    if not report.ok:
+        raise CheckpointError(f"{source} does not match:\n{report.format()}")
+
+
 def model_shapes(net: nn.Cell) -> dict[str, tuple]:
     return {p.name: tuple(p.shape) for p in net.get_parameters()}
 
