@@ -18,14 +18,19 @@ class Registry:
         self.kind = kind
         self._modules = modules  # imported on first use, so that registering never imports everything
         self._builders: dict[str, Callable[..., Any]] = {}
+        self._geometries: dict[str, Callable[..., Any]] = {}
         self._loaded = False
 
-    def register(self, name: str | None = None):
+    def register(self, name: str | None = None, geometry: Callable[..., Any] | None = None):
+        """``geometry`` (VAEs): a function of the same config keywords as the builder returning the VAE's
+        latent geometry without building it (see ``vae/geometry.py``)."""
         def decorator(builder):
             key = name or builder.__name__
             if key in self._builders and self._builders[key] is not builder:
                 raise KeyError(f"{self.kind} {key!r} registered twice")
             self._builders[key] = builder
+            if geometry is not None:
+                self._geometries[key] = geometry
             return builder
 
         return decorator
@@ -61,6 +66,15 @@ class Registry:
         if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
             check_kwargs(kwargs, params, f"{self.kind} {cfg['type']!r}")
         return builder(**kwargs)
+
+    def geometry(self, cfg: dict | None):
+        """What a registered ``geometry`` function says of ``cfg`` (``{"type": name, **kwargs}``), no building."""
+        if not cfg or "type" not in cfg:
+            raise ConfigError(f"a {self.kind} config needs a 'type' (one of {', '.join(self.names())})")
+        self.get(cfg["type"])  # unknown names get the usual error
+        if cfg["type"] not in self._geometries:
+            raise ConfigError(f"{self.kind} {cfg['type']!r} cannot tell its latent size without being built")
+        return self._geometries[cfg["type"]](**{k: v for k, v in cfg.items() if k != "type"})
 
 
 MODELS = Registry("model", ("opensora.models.stdit",))
