@@ -73,13 +73,16 @@ def summarize(seconds: list[float]) -> dict:
 def host_info() -> dict:
     import mindspore as ms
 
+    from opensora.models.layers import forms
+
     return {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "mindspore": ms.__version__,
-        "device_target": ms.get_context("device_target"),
+        "device_target": forms.backend(),
+        "cpu_formulations": forms.cpu_forms(),
     }
 
 

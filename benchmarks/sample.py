@@ -103,7 +103,7 @@ def run(argv=None) -> dict:
         "scheduler": dict(cfg.scheduler or {}), "num_sampling_steps": getattr(pipe.scheduler, "num_sampling_steps", None),
         "dtype": cfg.dtype, "mode": cfg.mode, "warmup_count": cfg.warmup_count, "eval_count": cfg.eval_count,
         "videos_per_run": videos_per_run,
-        "attention_path": "flash" if getattr(pipe.model, "use_flash", False) else "math",
+        "attention_path": pipe.model.attention_path,
         "compile_s": (first_call - statistics.median(steps)) if first_call and steps else None,
         "step_latency": summarize(steps) if steps else None,
         "end_to_end_per_video_s": summarize(e2e),

@@ -164,7 +164,7 @@ def run_mode(mode, depth, runs, part_path, check=False, serve=False):
 
         forward = net
         if mode == "blockwise":
-            from opensora.models.stdit.blockwise import BlockwiseRunner
+            from opensora.inference.blockwise import BlockwiseRunner
 
             reference = net(**inputs, y=None, y_kv=y_kv).asnumpy() if check else None
             forward = BlockwiseRunner(net)

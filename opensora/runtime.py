@@ -15,6 +15,7 @@ import numpy as np
 import mindspore as ms
 
 from .config import Option
+from .models.layers import forms
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +81,7 @@ def init_runtime(
 
     ms_mode = ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE
     ms.set_context(mode=ms_mode, device_target=device_target)
+    forms.set_backend(device_target)  # the layers' formulations follow the device (models built from now on)
     ms.set_context(jit_config={"jit_level": jit_level})
     if debug:
         ms.set_context(pynative_synchronize=True)
@@ -129,10 +131,6 @@ def current_runtime() -> Runtime:
     device = ms.get_context("device_target")
     mode = "graph" if ms.get_context("mode") == ms.GRAPH_MODE else "pynative"
     return Runtime(device, mode, "O0")
-
-
-def is_ascend() -> bool:
-    return current_runtime().device_target == "Ascend"
 
 
 def default_env() -> None:

@@ -28,6 +28,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from opensora.config import ConfigError, Option, Schema, optional, str2bool  # noqa: E402
+from opensora.dtypes import DTYPE_CHOICES  # noqa: E402
 from opensora.runtime import runtime_options  # noqa: E402
 from opensora.utils.cli import report_user_errors, run_main  # noqa: E402
 from opensora.datasets.embedding_cache import cache_file_for, is_cached, write_text_embedding  # noqa: E402
@@ -44,7 +45,7 @@ SCHEMA = Schema([
     Option("model_max_length", int, 300, "tokens per caption: 120 (v1.0), 200 (v1.1), 300 (v1.2)"),
     Option("batch_size", int, 8, "captions per T5 call"),
     Option("dtype", str, "float32", "T5 compute dtype (bfloat16 on Ascend only)",
-           choices=("float32", "fp32", "float16", "fp16", "bfloat16", "bf16")),
+           choices=DTYPE_CHOICES),
     Option("overwrite", str2bool, False, "recompute files that already exist"),
     Option("clean_caption", str, "auto", "upstream caption cleaning: auto = prompts yes, csv captions no",
            choices=("auto", "true", "false")),

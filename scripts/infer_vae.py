@@ -28,6 +28,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from opensora.config import ConfigError, Option, Schema, optional, parse_config, str2bool  # noqa: E402
+from opensora.dtypes import DTYPE_CHOICES  # noqa: E402
 from opensora.runtime import runtime_options  # noqa: E402
 from opensora.utils.cli import run_main  # noqa: E402
 from opensora.datasets.embedding_cache import cache_file_for, is_cached, write_video_latent  # noqa: E402
@@ -59,7 +60,7 @@ SCHEMA = Schema([
            choices=("center", "resize_crop", "resize-crop", "center_crop")),
     Option("vae_micro_batch_size", optional(int), 4, "frames per image-VAE call (bounds memory)"),
     Option("vae_micro_frame_size", int, 17, "frames per temporal-VAE chunk (opensora-1.2)"),
-    Option("dtype", str, "float32", "VAE compute dtype", choices=("float32", "fp32", "float16", "fp16", "bfloat16", "bf16")),
+    Option("dtype", str, "float32", "VAE compute dtype", choices=DTYPE_CHOICES),
     Option("overwrite", str2bool, False, "recompute files that already exist"),
     *runtime_options(),
     Option("seed", int, 42, "random seed"),

@@ -26,6 +26,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from opensora.config import ConfigError, Option, Schema, optional, parse_config, str2bool  # noqa: E402
+from opensora.dtypes import DTYPE_CHOICES  # noqa: E402
 from opensora.runtime import runtime_options  # noqa: E402
 from opensora.utils.cli import run_main  # noqa: E402
 
@@ -45,7 +46,7 @@ SCHEMA = Schema([
     Option("fps", optional(float), None, "frames per second of the mp4 (default: the file's, else 24)"),
     Option("vae_micro_batch_size", optional(int), 4, "frames per image-VAE call (bounds memory)"),
     Option("vae_micro_frame_size", int, 17, "frames per temporal-VAE chunk (opensora-1.2)"),
-    Option("dtype", str, "float32", "VAE compute dtype", choices=("float32", "fp32", "float16", "fp16", "bfloat16", "bf16")),
+    Option("dtype", str, "float32", "VAE compute dtype", choices=DTYPE_CHOICES),
     Option("overwrite", str2bool, False, "rewrite videos that already exist"),
     *runtime_options(),
 ], description="Decode latents (.npy/.npz) to mp4 videos")
@@ -84,18 +85,20 @@ def load_latent(path: str) -> tuple[np.ndarray, dict]:
     return latent.astype(np.float32), extras
 
 
-def pixel_frames(latent_frames: int, requested, extras: dict, is_v12: bool, path: str) -> int | None:
-    if not is_v12:
-        return None
+def pixel_frames(latent_frames: int, requested, extras: dict, geometry, path: str) -> int:
+    """The pixel frames to decode: asked for, saved with the latent, or what the VAE says they are."""
+    from opensora.models.vae.geometry import FrameCountError
+
     if requested is not None:
         from opensora.datasets.aspect import get_num_frames
 
         return get_num_frames(requested)
     if "num_frames" in extras:
         return int(extras["num_frames"])
-    if latent_frames % 5 == 0:
-        return latent_frames // 5 * 17
-    raise ConfigError(f"{path}: {latent_frames} latent frames is not a multiple of 5; give --num_frames")
+    try:
+        return geometry.pixel_frames(latent_frames)
+    except FrameCountError as err:
+        raise ConfigError(f"{path}: {err} (--num_frames)") from None
 
 
 def main(argv=None) -> int:
@@ -121,7 +124,6 @@ def main(argv=None) -> int:
     else:
         vae = build_video_vae(cfg.vae_type, cfg.vae_checkpoint, cfg.vae_micro_batch_size, cfg.vae_micro_frame_size,
                               cfg.vae_config, cfg.dtype)
-    is_v12 = hasattr(vae, "temporal_vae")  # the 3D VAE decodes a given number of pixel frames
     os.makedirs(cfg.output_dir, exist_ok=True)
     written = 0
     for path in tqdm(files, desc="decode", unit="file"):
@@ -131,11 +133,11 @@ def main(argv=None) -> int:
         if not cfg.overwrite and all(glob.glob(os.path.join(cfg.output_dir, n + ".mp4")) or
                                      glob.glob(os.path.join(cfg.output_dir, n + ".png")) for n in names):
             continue
-        num_frames = pixel_frames(latent.shape[2], cfg.num_frames, extras, is_v12, path)
+        num_frames = pixel_frames(latent.shape[2], cfg.num_frames, extras, vae.geometry, path)
         fps = cfg.fps or extras.get("fps") or 24.0
         for b, name in enumerate(names):
             z = ms.Tensor(latent[b:b + 1]).astype(vae.dtype)
-            video = vae.decode(z, num_frames=num_frames) if is_v12 else vae.decode(z)
+            video = vae.decode(z, num_frames=num_frames)
             save_video(video[0].astype(ms.float32).asnumpy(), os.path.join(cfg.output_dir, name + ".mp4"),
                        fps=float(fps), layout="cthw")
             written += 1

@@ -5,7 +5,7 @@ import numpy as np
 
 import mindspore as ms
 
-from opensora.models.stdit.blockwise import BlockwiseRunner
+from opensora.inference.blockwise import BlockwiseRunner
 from tests.fixtures.tiny_stdit import build_tiny, tiny_inputs
 
 

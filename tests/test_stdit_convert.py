@@ -73,7 +73,7 @@ def test_bad_checkpoint_refused_with_list(tiny_src, problem):
     save_file(state, src)
     target = str(directory / f"bad_{problem}.ckpt")
     with pytest.raises(CheckpointError) as err:
-        convert_file(src, target, "STDiT3-XL/2", **tiny_kwargs("STDiT3"))
+        convert_file(src, target, "STDiT3-XL/2", model_kwargs=tiny_kwargs("STDiT3"))
     assert expected in str(err.value)
     assert not os.path.exists(target)
     # the command line says so too and exits non-zero
@@ -106,6 +106,27 @@ def test_from_pretrained_hf_directory_and_guess(tiny_src, tmp_path):
     assert os.path.exists(target)
 
 
+def test_folder_converts_without_flags(tiny_src, tmp_path):
+    """A Hugging Face-style folder of a non-official STDiT3 (config.json + model.safetensors) converts with no
+    --model and no --kwargs: the size comes from the folder's config.json, as from_pretrained reads it; the
+    converted checkpoint matches the reference. ``--kwargs dtype=...`` is a model keyword, not the tool's."""
+    ref, state, _, save_file = tiny_src
+    repo = tmp_path / "my-finetuned-stdit3"
+    repo.mkdir()
+    save_file(state, str(repo / "model.safetensors"))
+    config = {"architectures": ["STDiT3"], "model_type": "STDiT3", **tiny_kwargs("STDiT3"), "patch_size": [1, 2, 2]}
+    (repo / "config.json").write_text(json.dumps(config))
+    target = str(tmp_path / "converted.ckpt")
+    assert main(["--src", str(repo), "--target", target]) == 0
+    net = build_tiny("STDiT3", target)
+    inputs = tiny_inputs("STDiT3", as_numpy=True)
+    with torch.no_grad():
+        expected = ref(**{k: torch.from_numpy(v) for k, v in inputs.items()}).numpy()
+    got = net(**{k: ms.Tensor(v) for k, v in inputs.items()}).asnumpy()
+    assert np.abs(got - expected).max() < 1e-4
+    assert main(["--src", str(repo), "--target", str(tmp_path / "fp32.ckpt"), "--kwargs", "dtype=fp32"]) == 0
+
+
 def test_pixart_converted_with_own_keys(tmp_path):
     ref = reference_model("STDiT")
     state = {k: v for k, v in ref.state_dict().items() if ".attn_temp." not in k}
@@ -114,7 +135,7 @@ def test_pixart_converted_with_own_keys(tmp_path):
     torch.save({"state_dict": state}, src)
     target = str(tmp_path / "pixart.ckpt")
     kw = {k: v for k, v in tiny_kwargs("STDiT").items()}
-    assert convert_file(src, target, None, **kw) == "PixArt-XL/2"
+    assert convert_file(src, target, None, model_kwargs=kw) == "PixArt-XL/2"
     params = ms.load_checkpoint(target)
     assert tuple(params["x_embedder.proj.weight"].shape) == (64, 4, 2, 2)
     assert "pos_embed" not in params and not any(".attn_temp." in k for k in params)
@@ -139,7 +160,7 @@ def test_pixart_ms_with_model_given(tmp_path):
     src = str(tmp_path / "PixArt-XL-2-1024-MS.pth")
     torch.save({"state_dict": state}, src)
     target = str(tmp_path / "pixart_ms.ckpt")
-    assert convert_file(src, target, "PixArt-XL/2", **tiny_kwargs("STDiT")) == "PixArt-XL/2"
+    assert convert_file(src, target, "PixArt-XL/2", model_kwargs=tiny_kwargs("STDiT")) == "PixArt-XL/2"
     params = ms.load_checkpoint(target)
     assert tuple(params["csize_embedder.mlp.2.weight"].shape) == (h, h) and "pos_embed" not in params
 
@@ -158,7 +179,7 @@ def test_full_size_conversion_from_manifest(model, tmp_path):
     del state
     target = str(tmp_path / "full.ckpt")
     kwargs = {k: v for k, v in manifest["kwargs"].items() if k not in ("enable_flash_attn", "enable_flashattn")}
-    assert convert_file(src, target, None, **kwargs) == model
+    assert convert_file(src, target, None, model_kwargs=kwargs) == model
     params = read_checkpoint(target)  # also: MindSpore's free-memory check must not count the page cache
     report = compare_shapes({k: v.shape for k, v in params.items()}, expected_shapes(model, **kwargs))
     assert report.ok, report.format()

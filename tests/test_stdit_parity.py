@@ -8,6 +8,9 @@ from tests.fixtures.tiny_stdit import build_tiny, tiny_checkpoint, tiny_inputs
 
 import mindspore as ms
 
+from opensora.models.layers import forms
+from opensora.models.layers.nn import LayerNorm
+
 VERSIONS = ["STDiT3", "STDiT", "STDiT2"]
 CASES = ["mask", "no_mask", "broadcast_mask", "padded_latent", "drop", "x_mask"]
 PAIRS = [(v, c) for v in VERSIONS for c in CASES if not (v == "STDiT" and c == "x_mask")]  # 1.0 has no x_mask
@@ -20,7 +23,7 @@ def models(tmp_path_factory):
     def get(version):
         if version not in _CACHE:
             ckpt, ref = tiny_checkpoint(version, str(tmp_path_factory.mktemp(version.lower())))
-            _CACHE[version] = (build_tiny(version, ckpt), ref)
+            _CACHE[version] = (build_tiny(version, ckpt), ref, ckpt)
         return _CACHE[version]
 
     return get
@@ -36,7 +39,7 @@ def _run_both(net, ref, inputs_np):
 
 @pytest.mark.parametrize("version,case", PAIRS)
 def test_forward_matches_reference(models, version, case):
-    net, ref = models(version)
+    net, ref, _ = models(version)
     kw = dict(text_mask=case != "no_mask", x_mask=case == "x_mask")
     if case == "padded_latent" and version != "STDiT":  # 1.0 has a fixed input size
         kw["latent"] = (2, 7, 9)  # odd H/W: zero-padded patches, cropped output
@@ -55,25 +58,13 @@ def test_forward_matches_reference(models, version, case):
 def test_non_cpu_formulations_match_reference(models, version):
     """Off the CPU backend the layers keep their plain forms (LayerNorm kernel and broadcasting modulation
     and gates, ReduceMean in the RMS norm, RoPE by slicing), while the CPU backend computes row statistics
-    and broadcasts with small MatMuls: those paths must match the reference too, in graph mode. Switched on a
-    built model."""
-    net, ref = models(version)
-    switched = [cell for _, cell in net.cells_and_names() if getattr(cell, "matmul_forms", False)]
-    kinds = {type(cell).__name__ for cell in switched}
-    assert {"LayerNorm", f"{version}Block"} <= kinds  # the CPU formulations are the default here
-    rope = getattr(net, "rope", None)
-    saved = rope.rotate_half if rope is not None else None
-    assert (rope is None) == (version == "STDiT") and (rope is None or saved is not None)
-    try:
-        if rope is not None:
-            rope.rotate_half = None
-        for cell in switched:
-            cell.matmul_forms = False
-        ms.set_context(mode=ms.GRAPH_MODE)  # as the models run (graph mode has its own rules)
-        diff, _ = _run_both(net, ref, tiny_inputs(version, as_numpy=True, x_mask=version != "STDiT"))
-    finally:
-        if rope is not None:
-            rope.rotate_half = saved
-        for cell in switched:
-            cell.matmul_forms = True
+    and broadcasts with small MatMuls: those paths must match the reference too, in graph mode. The same
+    checkpoint loaded into the model built with the plain formulations (forms.formulations)."""
+    _, ref, ckpt = models(version)
+    with forms.formulations(cpu=False):
+        net = build_tiny(version, ckpt)
+    chosen = {cell._layer_norm for _, cell in net.cells_and_names() if isinstance(cell, LayerNorm)}
+    assert chosen == {forms.LAYER_NORM.plain}  # the plain forms were really built
+    ms.set_context(mode=ms.GRAPH_MODE)  # as the models run (graph mode has its own rules)
+    diff, _ = _run_both(net, ref, tiny_inputs(version, as_numpy=True, x_mask=version != "STDiT"))
     assert diff < TOL, f"{version}: max abs diff {diff:.2e}"

@@ -85,21 +85,6 @@ def test_bfloat16_refused_on_cpu(tiny_dirs):
         T5Encoder(from_pretrained=tiny_dirs["bin"], dtype="bf16")
 
 
-def test_null_repeats_the_learned_embedding(tiny_dirs):
-    encoder = T5Encoder(from_pretrained=tiny_dirs["bin"], model_max_length=MAX_LENGTH)
-    with pytest.raises(RuntimeError, match="y_embedder"):
-        encoder.null(2)
-
-    class CaptionEmbedder:
-        y_embedding = ms.Tensor(np.random.default_rng(0).standard_normal((MAX_LENGTH, 32)).astype(np.float32))
-
-    encoder.y_embedder = CaptionEmbedder()
-    null = encoder.null(3).asnumpy()
-    assert null.shape == (3, 1, MAX_LENGTH, 32)
-    for i in range(3):
-        np.testing.assert_array_equal(null[i, 0], CaptionEmbedder.y_embedding.asnumpy())
-
-
 @pytest.mark.parametrize("config", [TINY_T5_CONFIG, T5_V1_1_XXL.to_dict()])
 def test_relative_position_buckets_match_transformers(config):
     from transformers.models.t5.modeling_t5 import T5Attention

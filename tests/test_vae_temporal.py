@@ -296,3 +296,27 @@ def test_decode_is_chunked(v12_dir, monkeypatch):
     assert out.shape == (1, 3, 51, 8, 8)
     assert seen_t == [(5, 17), (5, 17), (5, 17)]
     assert seen_2d == [16, 16, 16, 3]
+
+
+def test_folder_converts_without_flags_and_matches_reference(v12_dir, tmp_path):
+    """A Hugging Face-style folder of a non-official 1.2 VAE (its config.json names VAE_Temporal with other
+    sizes and a small 2D VAE) converts with no flags: the converter reads the folder's config.json, as
+    from_pretrained does. The converted weights, in a pipeline of the folder's architecture, decode like the
+    reference built from the folder's safetensors."""
+    from safetensors.torch import load_file
+
+    from opensora.models.vae import VideoAutoencoderPipeline
+    from opensora.models.vae.video_vae import v1_2_pipeline_kwargs
+    from tools.convert_vae import main
+
+    target = str(tmp_path / "vae.ckpt")
+    assert main(["--source", v12_dir, "--target", target]) == 0
+    vae = VideoAutoencoderPipeline(**v1_2_pipeline_kwargs(from_pretrained=v12_dir), from_pretrained=target)
+    vae.set_train(False)
+    ref = RefPipeline(load_file(f"{v12_dir}/model.safetensors"), 17)
+    z = np.random.default_rng(5).standard_normal((1, 4, 5, 1, 1)).astype(np.float32)
+    with torch.no_grad():
+        expected = ref.decode(torch.tensor(z), 17).numpy()
+    got = vae.decode(ms.Tensor(z), num_frames=17).asnumpy()
+    assert got.shape == expected.shape == (1, 3, 17, 8, 8)
+    assert np.abs(got - expected).max() <= TOL

@@ -25,8 +25,9 @@ from tools.torch_weights import CheckpointError, convert, read_weight_file, weig
 
 from opensora.config import yaml_value  # noqa: E402
 from opensora.utils.cli import report_user_errors, run_main  # noqa: E402
-from opensora.models.stdit.convert import (MODEL_NAMES, OFFICIAL_KWARGS, guess_model, pixart_shapes,  # noqa: E402
-                                           rename)
+from opensora.models.stdit.common import folder_config_values  # noqa: E402
+from opensora.models.stdit.convert import (MODEL_NAMES, OFFICIAL_KWARGS, config_class, guess_model,  # noqa: E402
+                                           pixart_shapes, rename)
 
 
 def expected_shapes(model: str, **kwargs) -> dict[str, tuple]:
@@ -64,8 +65,12 @@ def parse_kwargs(items) -> dict:
     return out
 
 
-def convert_file(src: str, target: str, model: str | None = None, dtype: str | None = None, **kwargs) -> str:
-    """Convert ``src`` (file or directory) to ``target``; returns the model name used."""
+def convert_file(src: str, target: str, model: str | None = None, dtype: str | None = None,
+                 model_kwargs: dict | None = None) -> str:
+    """Convert ``src`` (file or directory) to ``target``; returns the model name used. The model's size:
+    the official constructor arguments, then the ``config.json`` of a Hugging Face-style source folder (as
+    ``from_pretrained`` reads it), then ``model_kwargs``."""
+    kwargs = dict(model_kwargs or {})
     files = weight_files(src)
     if model is None or model == "PixArt-XL/2":
         keys = {}
@@ -77,6 +82,9 @@ def convert_file(src: str, target: str, model: str | None = None, dtype: str | N
             kwargs.setdefault("micro_condition", True)
     if model not in MODEL_NAMES:
         raise CheckpointError(f"unknown model {model!r}; use one of {', '.join(MODEL_NAMES)}")
+    folder = src if os.path.isdir(src) else os.path.dirname(os.path.abspath(src))
+    if config_class(model) is not None:
+        kwargs = {**folder_config_values(config_class(model), folder), **kwargs}
     shapes = expected_shapes(model, **kwargs)
     try:
         convert(files, target, shapes, rename=rename, dtype=dtype)
@@ -97,7 +105,7 @@ def main(argv=None) -> int:
     parser.add_argument("--kwargs", nargs="*", default=[], metavar="KEY=VALUE",
                         help="model constructor arguments overriding the official ones")
     args = parser.parse_args(argv)
-    model = convert_file(args.src, args.target, args.model, args.dtype, **parse_kwargs(args.kwargs))
+    model = convert_file(args.src, args.target, args.model, args.dtype, parse_kwargs(args.kwargs))
     print(f"converted {args.src} as {model} -> {args.target}")
     return 0
 

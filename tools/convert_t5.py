@@ -31,7 +31,8 @@ from opensora.models.text_encoder.t5 import T5Config, t5_encoder_param_shapes  #
 from opensora.models.text_encoder.t5_weights import EMBED_ALIAS, EMBED_NAME, official_to_ms  # noqa: E402
 from opensora.utils.checkpoint import CheckpointError, compare_shapes  # noqa: E402
 from opensora.utils.cli import report_user_errors, run_main  # noqa: E402
-from tools.torch_weights import DTYPES, convert, weight_file_shapes, weight_files  # noqa: E402
+from tools.torch_weights import convert, weight_file_shapes, weight_files  # noqa: E402
+from opensora.dtypes import DTYPE_CHOICES, canonical  # noqa: E402
 
 logger = logging.getLogger("convert_t5")
 
@@ -94,8 +95,11 @@ def convert_t5(sources: list[str], target: str, dtype: str | None = None, config
     files = weight_files(sources)
     cfg = find_config(sources, config)
     expected = t5_encoder_param_shapes(cfg)
-    if dtype is not None and dtype not in DTYPES:
-        raise CheckpointError(f"unknown --dtype {dtype!r}; use one of {sorted(DTYPES)}")
+    if dtype is not None:
+        try:
+            canonical(dtype)
+        except ValueError as err:
+            raise CheckpointError(f"--dtype: {err}") from None
     precheck(files, expected)
     rename = EmbeddingTie()
     report = convert(files, target, expected, rename=rename, dtype=dtype)
@@ -110,7 +114,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--src", nargs="+", required=True, help="Hugging Face T5 directory or weight files")
     parser.add_argument("--target", required=True, help="output .ckpt or .safetensors (e.g. <dir>/model.ckpt)")
-    parser.add_argument("--dtype", default=None, choices=sorted(DTYPES), help="cast floats (default: keep)")
+    parser.add_argument("--dtype", default=None, choices=DTYPE_CHOICES, help="cast floats (default: keep)")
     parser.add_argument("--config", default=None, help="config.json (default: the one in the source directory)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -38,6 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tools.torch_weights import convert, weight_file_shapes, weight_files  # noqa: E402
 
+from opensora.dtypes import DTYPE_CHOICES  # noqa: E402
 from opensora.utils.checkpoint import CheckpointError, model_shapes  # noqa: E402
 from opensora.utils.cli import report_user_errors, run_main  # noqa: E402
 
@@ -113,12 +114,15 @@ def make_renamer(kind: str, ldm: bool, num_levels: int):
     return rename, has_prefix
 
 
-def expected_model_shapes(kind: str, config=None, vae_2d_config=None) -> dict:
-    """Names and shapes of the MindSpore model, built without allocating its weights."""
+def expected_model_shapes(kind: str, config=None, vae_2d_config=None, source_dir: str | None = None) -> dict:
+    """Names and shapes of the MindSpore model, built without allocating its weights. For the 1.2 VAE the
+    architecture comes from ``source_dir``'s ``config.json`` when there is one (as ``from_pretrained``
+    reads it: its 2D VAE and temporal VAE), ``vae_2d_config`` overriding the 2D part."""
     from mindspore.nn.utils import no_init_parameters
 
-    from opensora.models.vae import AutoencoderKL, OpenSoraVAE_V1_2, VAE_Temporal_SD
+    from opensora.models.vae import AutoencoderKL, VAE_Temporal_SD, VideoAutoencoderPipeline
     from opensora.models.vae.loading import SD_VAE_CONFIG
+    from opensora.models.vae.video_vae import v1_2_pipeline_kwargs
 
     with no_init_parameters():
         if kind == "sd":
@@ -126,7 +130,8 @@ def expected_model_shapes(kind: str, config=None, vae_2d_config=None) -> dict:
         elif kind == "temporal":
             net = VAE_Temporal_SD()
         else:
-            net = OpenSoraVAE_V1_2(vae_2d_config=vae_2d_config)
+            net = VideoAutoencoderPipeline(**v1_2_pipeline_kwargs(from_pretrained=source_dir,
+                                                                  vae_2d_config=vae_2d_config))
     return model_shapes(net)
 
 
@@ -147,7 +152,8 @@ def convert_vae(source: str, target: str, kind: str = "auto", config: str | None
     ldm = kind == "sd" and is_ldm_naming(names)
     if kind == "sd" and config is None:
         config = _default_config(source)
-    expected = expected_model_shapes(kind, config=config, vae_2d_config=vae_2d_config)
+    source_dir = source if os.path.isdir(source) else os.path.dirname(os.path.abspath(source))
+    expected = expected_model_shapes(kind, config=config, vae_2d_config=vae_2d_config, source_dir=source_dir)
     num_levels = 1 + max((int(m[1]) for n in expected for m in [re.match(r"decoder\.up_blocks\.(\d+)\.", n)] if m),
                          default=-1)
     rename, state = make_renamer(kind, ldm, num_levels)
@@ -166,7 +172,7 @@ def main(argv=None):
                         help="diffusers config.json of an SD/SDXL VAE (default: next to --source, else the SD VAE's)")
     parser.add_argument("--vae_2d_config", "--vae-2d-config", default=None,
                         help="1.2: SDXL VAE config.json or dir (default: the bundled SDXL VAE config)")
-    parser.add_argument("--dtype", default=None, choices=["float32", "fp32", "float16", "fp16", "bfloat16", "bf16"],
+    parser.add_argument("--dtype", default=None, choices=DTYPE_CHOICES,
                         help="cast floating weights (default: keep the source dtype)")
     args = parser.parse_args(argv)
     kind, ldm, _ = convert_vae(args.source, args.target, args.type, args.config, args.vae_2d_config, args.dtype)

@@ -16,11 +16,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import mindspore as ms  # noqa: E402  (imported before safetensors so that bf16 files can be read)
 
+from opensora.dtypes import to_ms_dtype  # noqa: E402
 from opensora.utils.checkpoint import CheckpointError, KeyReport, atomic_path, compare_shapes  # noqa: E402
 
 WRAPPER_KEYS = ("ema", "state_dict", "model", "module")
-DTYPES = {"float32": ms.float32, "fp32": ms.float32, "float16": ms.float16, "fp16": ms.float16,
-          "bfloat16": ms.bfloat16, "bf16": ms.bfloat16}
 
 
 def unwrap_state_dict(obj) -> dict:
@@ -237,7 +236,7 @@ def convert(
     ``target`` only when everything matched, so peak memory is about one tensor (plus the OS
     page cache) rather than a copy of the model, and a crash never leaves a half ``target``.
     """
-    ms_dtype = DTYPES[dtype] if dtype else None
+    ms_dtype = to_ms_dtype(dtype) if dtype else None
     shapes: dict[str, tuple] = {}
     duplicates: list[str] = []
     os.makedirs(os.path.dirname(os.path.abspath(target)) or ".", exist_ok=True)

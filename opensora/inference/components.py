@@ -4,7 +4,8 @@ Weights are local files (``from_pretrained``; ``--ckpt_path`` overrides the mode
 whose ``from_pretrained`` is null gets random weights — used by the tiny configs — and these are
 written once to ``random_weights_dir`` (seeded per component, independent of build order), so that
 every process of the three-stage pipeline, and the one-process script, use the same weights.
-The latent size is known without building the VAE (stage 2 of the three-stage pipeline).
+The latent size is known without building the VAE (stage 2 of the three-stage pipeline): each VAE's
+``geometry`` (``opensora/models/vae/geometry.py``).
 """
 from __future__ import annotations
 
@@ -90,24 +91,6 @@ def build_vae(cfg: dict, random_dir: str):
     vae = VAES.build(vae_cfg(cfg, random_dir))
     vae.set_train(False)
     return vae
-
-
-def latent_size(vae_cfg_: dict, input_size, vae=None) -> tuple[list[int], int]:
-    """(latent (T, H, W), latent channels) for pixel (T, H, W), with or without the VAE built."""
-    if vae is not None:
-        return list(vae.get_latent_size(list(input_size))), int(vae.out_channels)
-    t, h, w = input_size
-    kind = vae_cfg_.get("type")
-    if kind == "VideoAutoencoderKL":
-        return [t, h // 8, w // 8], 4
-    if kind == "OpenSoraVAE_V1_2":
-        micro = vae_cfg_.get("micro_frame_size", 17)
-        if micro is None:
-            lt = (t + 3) // 4
-        else:
-            lt = t // micro * ((micro + 3) // 4) + ((t % micro + 3) // 4 if t % micro else 0)
-        return [lt, h // 8, w // 8], 4
-    raise ConfigError(f"latent size of VAE type {kind!r} is unknown without building it")
 
 
 def build_model(cfg: dict, random_dir: str, ckpt_path=None, **size_kwargs):

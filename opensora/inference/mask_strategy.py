@@ -114,14 +114,6 @@ def apply_mask_strategy(z: np.ndarray, refs, strategies, loop_i: int, align: int
     return masks if used else None
 
 
-def latent_to_pixel_frames(num: int) -> int:
-    """1.2: L latent frames carried between loops are 17*L/5 pixel frames (L a multiple of 5)."""
-    if num % 5:
-        raise MaskStrategyError(f"condition_frame_length must be a multiple of 5 latent frames for the 1.2 VAE, "
-                                f"got {num}")
-    return num // 5 * 17
-
-
 def loop_condition(loop_i: int, ref_index: int, length: int, edit: float) -> str:
     """The group that conditions loop ``loop_i`` on the last ``length`` frames of the previous clip."""
     return f"{loop_i},{ref_index},-{length},0,{length},{edit}"

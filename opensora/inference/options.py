@@ -7,6 +7,7 @@ runtime keys (``device_target``, ``mode``, ``jit_level``).
 from __future__ import annotations
 
 from ..config import Option, Schema, optional, str2bool
+from ..dtypes import DTYPE_CHOICES
 from ..runtime import runtime_options
 
 
@@ -47,8 +48,7 @@ OPTIONS = [
     Option("reference_path", str, None, "per prompt: ';'-separated image/video paths", nargs="+"),
     Option("mask_strategy", str, None, "per prompt: loop,ref,ref_start,target_start,length,edit_ratio;...",
            nargs="+"),
-    Option("dtype", str, "fp32", "model/VAE dtype", choices=("fp32", "fp16", "bf16", "float32", "float16",
-                                                            "bfloat16")),
+    Option("dtype", str, "fp32", "model/VAE dtype", choices=DTYPE_CHOICES),
     # output
     Option("save_dir", str, "./samples/samples/", "output folder"),
     Option("sample_name", optional(str), None, "file-name prefix (default 'sample')"),

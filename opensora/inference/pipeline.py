@@ -21,19 +21,21 @@ import numpy as np
 import mindspore as ms
 
 from ..config import ConfigError
+from ..datasets.aspect import get_num_frames
 from ..datasets.embedding_cache import read_text_embedding
+from ..dtypes import canonical
+from ..models.stdit.stdit3 import STDiT3
+from ..models.vae.geometry import FrameCountError, geometry_of
 from ..schedulers.guidance import TextCondition
 from . import components
-from .mask_strategy import apply_mask_strategy, parse_mask_strategy, latent_to_pixel_frames, loop_condition
+from .mask_strategy import apply_mask_strategy, parse_mask_strategy, loop_condition
 from .output import finished, save_latent, save_path_name, save_sample
-from .presets import model_size_args, resolve_image_size, resolve_num_frames, resolve_save_fps
+from .presets import model_size_args, resolve_image_size, resolve_save_fps
 from .prompts import extract_json_from_prompts, load_prompts, process_prompt, prompt_for_loop
 from .references import read_reference, split_references
 
 logger = logging.getLogger(__name__)
 
-_DTYPES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16", "bf16": "bfloat16",
-           "bfloat16": "bfloat16"}
 
 
 def gather_prompts(cfg) -> list[str]:
@@ -69,22 +71,24 @@ class InferencePipeline:
             if not cfg.get(key):
                 raise ConfigError(f"the config needs a '{key}' section (see configs/*/inference/*.yaml)")
         self.image_size = resolve_image_size(cfg.image_size, cfg.resolution, cfg.aspect_ratio)
-        self.num_frames = resolve_num_frames(cfg.num_frames)
+        self.num_frames = get_num_frames(cfg.num_frames)
         self.save_fps = resolve_save_fps(cfg.save_fps, cfg.fps, cfg.frame_interval)
         self.prompts = gather_prompts(cfg)
         self.stats: dict = {"load_s": {}, "videos": []}
         self.text_encoder = self.vae = self.model = self.scheduler = None
         self._blockwise = None
-        self.dtype = _DTYPES[cfg.dtype]
-        self.vae_type = cfg.vae.get("type")
+        self.dtype = canonical(cfg.dtype)
 
     # ------------------------------------------------------------------ building
+    def conditioned(self) -> bool:
+        """Whether frames are given (references, loops): that needs the VAE and a model that takes x_mask."""
+        given = any(r for r in per_prompt(self.cfg.reference_path, len(self.prompts), "reference_path"))
+        return given or any("reference_path" in p for p in self.prompts) or self.cfg.loop > 1
+
     def needs_vae(self) -> bool:
-        conditioned = any(r for r in per_prompt(self.cfg.reference_path, len(self.prompts), "reference_path"))
-        conditioned = conditioned or any("reference_path" in p for p in self.prompts) or self.cfg.loop > 1
-        if self.cfg.no_vae_decode and conditioned:
+        if self.cfg.no_vae_decode and self.conditioned():
             raise ConfigError("references and loops need the VAE (to encode frames); drop --no_vae_decode")
-        return not self.cfg.no_vae_decode or conditioned
+        return not self.cfg.no_vae_decode or self.conditioned()
 
     def load(self):
         cfg, rnd = self.cfg, self.cfg.random_weights_dir
@@ -107,8 +111,11 @@ class InferencePipeline:
                 from ..models.vae import cast_vae
 
                 cast_vae(self.vae, getattr(ms, self.dtype))
-        self.latent_size, self.latent_channels = components.latent_size(
-            cfg.vae, (self.num_frames, *self.image_size), self.vae)
+        self.geometry = self.vae.geometry if self.vae is not None else geometry_of(cfg.vae)
+        self.latent_size = self.geometry.latent_size((self.num_frames, *self.image_size))
+        self.latent_channels = self.geometry.channels
+        if cfg.loop > 1:
+            self.trim_frames()  # a condition length the VAE cannot map fails before the models load
         self.stats["load_s"]["vae"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -120,9 +127,12 @@ class InferencePipeline:
         self.model = components.build_model(
             model_cfg, rnd, cfg.ckpt_path, input_size=tuple(self.latent_size), in_channels=self.latent_channels,
             caption_channels=int(caption_channels), model_max_length=int(model_max_length))
+        if self.conditioned() and not self.model.frame_conditioning:
+            raise ConfigError(f"{cfg.model['type']} takes no frame conditioning (x_mask): references, mask "
+                              "strategies and loops need STDiT2 (1.1) or STDiT3 (1.2)")
+        if cfg.blockwise and not isinstance(self.model, STDiT3):
+            raise ConfigError(f"--blockwise runs STDiT3 models only, not {cfg.model['type']}")
         self.stats["load_s"]["model"] = time.perf_counter() - t0
-        if self.text_encoder is not None:
-            self.text_encoder.y_embedder = self.model.y_embedder  # the learned null caption, as upstream
 
         sched = dict(cfg.scheduler)
         if cfg.num_sampling_steps is not None:
@@ -170,15 +180,11 @@ class InferencePipeline:
                 raise ConfigError("--neg-prompt needs the text encoder; it cannot be used with --text_embed_folder")
             neg = self.text_encoder.encode([self.process(self.cfg.neg_prompt)] * b)
             return TextCondition(y, mask, neg["y"].astype(ms.float32), neg["mask"])
-        null = self.model.y_embedder.y_embedding
-        null = ms.ops.tile(null.astype(ms.float32).expand_dims(0), (b, 1, 1)).expand_dims(1)
-        return TextCondition(y, mask, null)
+        return TextCondition(y, mask, self.model.y_embedder.null(b))
 
     def write_prompts(self, path: str) -> int:
         """Stage 1 of the three-stage pipeline: the prompts as T5 must see them, before cleaning
         (infer_t5.py cleans prompts itself), one per line in prompt order."""
-        from .prompts import extract_json_from_prompts
-
         texts, _, _ = extract_json_from_prompts(self.prompts, [""] * len(self.prompts), [""] * len(self.prompts))
         c = self.cfg
         lines = [process_prompt(t, None, c.aes, c.flow, c.camera_motion) for t in texts]
@@ -209,10 +215,8 @@ class InferencePipeline:
         if not self.cfg.blockwise:
             return self.model
         if self._blockwise is None:
-            from ..models.stdit.blockwise import BlockwiseRunner
+            from .blockwise import BlockwiseRunner
 
-            if not hasattr(self.model, "prepare"):
-                raise ConfigError(f"blockwise: only STDiT3 models support it, not {type(self.model).__name__}")
             self._blockwise = BlockwiseRunner(self.model)
         return self._blockwise
 
@@ -234,9 +238,11 @@ class InferencePipeline:
         return video
 
     def trim_frames(self) -> int:
-        """Pixel frames cut from each later loop: the condition frames (17*L/5 for the 1.2 VAE)."""
-        length = self.cfg.condition_frame_length
-        return latent_to_pixel_frames(length) if self.vae_type == "OpenSoraVAE_V1_2" else length
+        """Pixel frames cut from each later loop: what the condition's latent frames decode to."""
+        try:
+            return self.geometry.pixel_frames(self.cfg.condition_frame_length)
+        except FrameCountError as err:
+            raise ConfigError(f"condition_frame_length {self.cfg.condition_frame_length}: {err}") from None
 
     def run_batch(self, start: int, raw_prompts: list[str], refs_text: list[str], masks_text: list[str]) -> list[str]:
         cfg = self.cfg

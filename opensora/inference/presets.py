@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import ConfigError
-from ..datasets.aspect import get_image_size, get_num_frames
+from ..datasets.aspect import get_image_size
 
 IMG_FPS = 120
 MULTI_RESOLUTION_TYPES = (None, "STDiT2", "OpenSora")
@@ -27,10 +27,6 @@ def resolve_image_size(image_size=None, resolution=None, aspect_ratio=None) -> t
     if resolution is None or aspect_ratio is None:
         raise ConfigError("give --image-size H W, or both --resolution (e.g. 240p) and --aspect-ratio (e.g. 9:16)")
     return tuple(int(v) for v in get_image_size(str(resolution), str(aspect_ratio)))
-
-
-def resolve_num_frames(num_frames) -> int:
-    return get_num_frames(num_frames)
 
 
 def resolve_save_fps(save_fps, fps, frame_interval=1) -> int:

@@ -9,7 +9,6 @@ a negative prompt brings its own mask.
 """
 from __future__ import annotations
 
-import inspect
 import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
@@ -75,21 +74,14 @@ def apply_guidance(cond, uncond, scale: float, channels: int | None = None):
     return ops.concat([guided, cond[:, channels:]], axis=1)
 
 
-def accepted_arguments(model: Callable) -> tuple[set[str], bool]:
-    """Names the model's forward takes, and whether it takes ``**kwargs``."""
-    target = getattr(model, "construct", model)  # a Cell, or a wrapper exposing the Cell's construct
-    params = inspect.signature(target).parameters
-    var_kw = any(p.kind == p.VAR_KEYWORD for p in params.values())
-    return set(params), var_kw
-
-
 class GuidedModel:
-    """Calls ``model(x, timestep, y, mask=..., x_mask=..., **extra)`` once on the doubled batch.
+    """Calls ``model(x, timestep, **conditioning, **extra, x_mask=...)`` once on the doubled batch.
 
-    ``extra`` are the model's additional inputs (``fps``, ``height``, ``width``, ``num_frames``, ``ar``);
-    those the model does not take are dropped (STDiT 1.0 takes none). Scalars and (B,) arrays are
-    repeated to the guided batch of 2B. The output is cast to float32 and split into the conditional
-    and unconditional halves.
+    ``conditioning`` is what the model prepares once per prompt batch from the doubled captions
+    (``model.prepare_conditioning(y, mask)``: e.g. the caption keys/values of every block), reused by every
+    step. ``extra`` are the model's additional inputs (``fps``, ``height``, ``width``, ``num_frames``,
+    ``ar``), repeated to the guided batch of 2B: the pipeline passes those the model family takes. The
+    output is cast to float32 and split into the conditional and unconditional halves.
     """
 
     def __init__(self, model: Callable, text: TextCondition, model_kwargs: Mapping[str, Any] | None = None,
@@ -97,29 +89,11 @@ class GuidedModel:
         self.model = model
         self.dtype = dtype
         self.batch_size = text.batch_size
-        names, var_kw = accepted_arguments(model)
-        self.takes_x_mask = var_kw or "x_mask" in names
         y, mask = text.doubled()
-        self.y = y.astype(dtype)
-        self.kwargs: dict[str, Any] = {}
-        if mask is not None:
-            self.kwargs["mask"] = mask
-        dropped = []
+        self.kwargs: dict[str, Any] = dict(model.prepare_conditioning(y.astype(dtype), mask))
         for key, value in (model_kwargs or {}).items():
-            if value is None:
-                continue
-            if not (var_kw or key in names):
-                dropped.append(key)
-                continue
-            self.kwargs[key] = self._batch(value)
-        if dropped:
-            logger.debug("model does not take %s; not passed", dropped)
-        # the caption's cross-attention keys/values do not change over the steps: compute them once
-        if "y_kv" in names and hasattr(model, "precompute_y_kv"):
-            self.kwargs["y_kv"], trimmed_mask = model.precompute_y_kv(self.y, mask)
-            self.kwargs.pop("mask", None)
-            if trimmed_mask is not None:
-                self.kwargs["mask"] = trimmed_mask
+            if value is not None:
+                self.kwargs[key] = self._batch(value)
 
     def _batch(self, value) -> ms.Tensor:
         arr = value.asnumpy() if isinstance(value, ms.Tensor) else np.asarray(value, dtype=np.float32)
@@ -137,11 +111,8 @@ class GuidedModel:
         t2 = ops.concat([t, t], axis=0).astype(self.dtype)
         kwargs = dict(self.kwargs)
         if x_mask is not None:
-            if not self.takes_x_mask:
-                raise ValueError("this model takes no x_mask: frame conditioning (mask strategies, references, "
-                                 "loops) needs STDiT2/STDiT3")
             kwargs["x_mask"] = ops.concat([x_mask, x_mask], axis=0)
-        out = self.model(z2, t2, self.y, **kwargs)
+        out = self.model(z2, t2, **kwargs)
         if isinstance(out, dict):
             out = out["x"]
         out = out.astype(ms.float32)

@@ -66,15 +66,6 @@ def apply_transform(t, ratio):
     return ratio * t / (1 + (ratio - 1) * t)
 
 
-def timestep_transform(t, model_kwargs, base_resolution=512 * 512, base_num_frames=1, scale=1.0, num_timesteps=1):
-    """Upstream's signature: ``t`` in [0, num_timesteps], ``model_kwargs`` with height, width, num_frames."""
-    ratio = transform_ratio(_host(model_kwargs["height"]), _host(model_kwargs["width"]),
-                            _host(model_kwargs["num_frames"]), base_resolution, base_num_frames, scale)
-    if isinstance(t, ms.Tensor):
-        ratio = ms.Tensor(ratio.astype(np.float32))
-    return apply_transform(t / num_timesteps, ratio) * num_timesteps
-
-
 def _host(value) -> np.ndarray:
     return value.asnumpy() if isinstance(value, ms.Tensor) else np.asarray(value)
 
@@ -202,5 +193,3 @@ class RFlow:
                 z = ops.where(keep, z, x0)
         return z
 
-
-RFLOW = RFlow  # upstream's class name

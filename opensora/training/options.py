@@ -8,6 +8,7 @@ Upstream's keys (``lr``, ``grad_clip``, ``ema_decay``, ``bucket_config``, ``mask
 from __future__ import annotations
 
 from ..config import Option, Schema, optional, str2bool
+from ..dtypes import DTYPE_CHOICES
 from ..runtime import runtime_options
 
 
@@ -45,7 +46,7 @@ OPTIONS = [
     Option("scheduler", dict, None, "training diffusion: {type: iddpm} (1.0/1.1) or {type: rflow, "
            "use_timestep_transform: true, sample_method: logit-normal} (1.2)", is_dict=True),
     Option("dtype", str, "fp32", "compute dtype of the diffusion model (weights and optimizer stay float32)",
-           choices=("fp32", "fp16", "bf16")),
+           choices=DTYPE_CHOICES),
     Option("grad_checkpoint", str2bool, False, "recompute the blocks' activations in the backward",
            aliases=("use_recompute", "grad_checkpointing")),
     Option("num_recompute_blocks", optional(int), None, "recompute only the first N blocks"),

@@ -5,11 +5,12 @@ import logging
 import os
 
 from ..config import Config, ConfigError
+from ..dtypes import canonical
+from ..models.layers import forms
 from .trainer import Trainer, TrainOptions
 
 logger = logging.getLogger(__name__)
 
-DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 TRAIN_SCHEDULER_DEFAULTS = {
     # upstream training builds IDDPM(timestep_respacing="") (all 1000 steps) and
     # RFlow(use_timestep_transform=True, sample_method="logit-normal")
@@ -32,7 +33,7 @@ def check_config(cfg: Config) -> None:
         raise ConfigError("bucket_config resizes every clip to its bucket, which needs the raw videos: use "
                           "--video_folder with buckets, or drop bucket_config to train on cached latents "
                           "(one size, the one infer_vae.py cached)")
-    if cfg.dtype == "bf16" and cfg.device_target == "CPU":
+    if canonical(cfg.dtype) == "bfloat16" and not forms.bfloat16_compute_available(cfg.device_target):
         raise ConfigError("dtype bf16 has no CPU kernels in MindSpore; use fp32 (or fp16) on the CPU")
     if not cfg.text_embed_folder:
         raise ConfigError("text_embed_folder is required: cache the T5 embeddings first with "
@@ -46,11 +47,10 @@ def build_model(cfg: Config):
     from ..models.registry import MODELS
 
     kwargs = dict(cfg.model)
-    kwargs.setdefault("dtype", DTYPES[cfg.dtype])
+    kwargs.setdefault("dtype", canonical(cfg.dtype))
     if kwargs["type"].startswith("STDiT-") and not kwargs.get("input_size"):
-        # STDiT 1.0 has a fixed latent size (upstream: vae.get_latent_size): SD VAE = 8x spatial
-        h, w = _image_size(cfg)
-        kwargs["input_size"] = (cfg.num_frames, h // 8, w // 8)
+        # STDiT 1.0 has a fixed latent size (upstream: vae.get_latent_size)
+        kwargs["input_size"] = tuple(vae_geometry(cfg).latent_size((cfg.num_frames, *_image_size(cfg))))
     if cfg.grad_checkpoint:
         kwargs["grad_checkpointing"] = True
         if cfg.num_recompute_blocks is not None:
@@ -121,15 +121,17 @@ def build_loader(cfg: Config, rank: int, world: int):
     return BatchLoader(dataset, sampler, cfg.seed, rank, cfg.num_workers, latent_frames=latent_frames)
 
 
+def vae_geometry(cfg: Config):
+    """The latent geometry of the config's VAE, without building it. Training from cached latents may omit
+    the VAE section: the latents are then taken as one per frame (the SD VAE of 1.0/1.1)."""
+    from ..models.vae.geometry import FramewiseGeometry, geometry_of
+
+    return geometry_of(dict(cfg.vae)) if cfg.vae else FramewiseGeometry(channels=4, spatial_factor=8)
+
+
 def _latent_frames_fn(cfg: Config):
     """How many latent frames a clip of n pixel frames gives (cached latents are cut to it)."""
-    vae_type = (cfg.vae or {}).get("type", "")
-    if "V1_2" in vae_type or "Pipeline" in vae_type:
-        def frames(n):  # the 1.2 VAE: 17-frame chunks -> 5 latent frames, a shorter last chunk ceil(n/4)
-            full, rest = divmod(n, 17)
-            return full * 5 + (rest + 3) // 4
-        return frames
-    return lambda n: n  # image VAEs keep one latent per frame
+    return vae_geometry(cfg).latent_frames
 
 
 def build_trainer(cfg: Config, runtime) -> Trainer:

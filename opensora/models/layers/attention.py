@@ -17,7 +17,7 @@ import logging
 import mindspore as ms
 from mindspore import ops
 
-from ...runtime import is_ascend
+from . import forms
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def flash_attention(q, k, v, mask=None, scale: float | None = None, dtype=ms.flo
 
 def use_flash_attention(enable_flash_attn: bool) -> bool:
     """Flash attention only where it has a kernel (Ascend); elsewhere the math path, said once in the log."""
-    use = bool(enable_flash_attn) and is_ascend()
+    use = bool(enable_flash_attn) and forms.flash_attention_available()
     if enable_flash_attn and not use:
         logger.info("enable_flash_attn requested but the device is not Ascend: using math attention")
     logger.info("attention path: %s", "flash" if use else "math")

@@ -15,25 +15,11 @@ import math
 
 import mindspore as ms
 from mindspore import Parameter, nn, ops
-from mindspore.common.initializer import Normal, XavierUniform, initializer
+from mindspore.common.initializer import Normal, initializer
 
-from ...runtime import is_ascend
-from .attention import attention
+from . import forms
+from .attention import attention, use_flash_attention
 from .nn import LayerNorm, Linear, RMSNorm, gelu_tanh
-
-XAVIER = XavierUniform()
-
-
-class SiLU(nn.Cell):
-    def construct(self, x):
-        return x * ops.sigmoid(x)
-
-
-def t_mask_select(x_mask, x, masked_x, T: int, S: int):
-    """Upstream's helper on (B, T·S, C) tokens: frames where ``x_mask`` is True take ``x``, others ``masked_x``."""
-    b, _, c = x.shape
-    out = ops.where(x_mask.astype(ms.bool_).reshape(b, T, 1, 1), x.reshape(b, T, S, c), masked_x.reshape(b, T, S, c))
-    return out.reshape(b, T * S, c)
 
 
 def modulation_params(table, t, n: int):
@@ -66,14 +52,12 @@ class Mlp(nn.Cell):
     """timm's ``Mlp`` (fc1 -> act -> fc2, no dropout). Default activation: tanh GELU in elementwise ops."""
 
     def __init__(self, in_features: int, hidden_features: int | None = None, out_features: int | None = None,
-                 act_layer=gelu_tanh, weight_std: float | None = None, zero_init_output: bool = False):
+                 act_layer=gelu_tanh):
         super().__init__()
         hidden_features = hidden_features or in_features
         out_features = out_features or in_features
-        w_init = Normal(weight_std) if weight_std else XAVIER
-        self.fc1 = Linear(in_features, hidden_features, weight_init=w_init, bias_init="zeros")
-        self.fc2 = Linear(hidden_features, out_features, weight_init="zeros" if zero_init_output else w_init,
-                          bias_init="zeros")
+        self.fc1 = Linear(in_features, hidden_features)
+        self.fc2 = Linear(hidden_features, out_features)
         self.act = act_layer
 
     def construct(self, x):
@@ -104,7 +88,7 @@ def _init_heads(cell, dim: int, num_heads: int, attn_drop, proj_drop, enable_fla
         raise NotImplementedError("attention dropout is not used by any STDiT and is not implemented")
     cell.num_heads, cell.head_dim = num_heads, dim // num_heads
     cell.scale = cell.head_dim ** -0.5
-    cell.use_flash = bool(enable_flash_attn) and is_ascend()  # the flash kernel only exists on Ascend
+    cell.use_flash = use_flash_attention(enable_flash_attn)
 
 
 class Attention(nn.Cell):
@@ -118,19 +102,20 @@ class Attention(nn.Cell):
 
     def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False, qk_norm: bool = False,
                  attn_drop: float = 0.0, proj_drop: float = 0.0, norm_layer=RMSNorm,
-                 enable_flash_attn: bool = False, rope=None, qk_norm_legacy: bool = False,
-                 zero_init_output: bool = False):
+                 enable_flash_attn: bool = False, rope=None, qk_norm_legacy: bool = False):
         super().__init__()
         self.dim = dim
         _init_heads(self, dim, num_heads, attn_drop, proj_drop, enable_flash_attn)
-        self.qkv = Linear(dim, dim * 3, bias=qkv_bias, weight_init=XAVIER, bias_init="zeros")
+        self.qkv = Linear(dim, dim * 3, bias=qkv_bias)
         self.qk_norm = bool(qk_norm)
         if qk_norm:
             self.q_norm = norm_layer(self.head_dim, eps=1e-6)
             self.k_norm = norm_layer(self.head_dim, eps=1e-6)
         self.qk_norm_legacy = qk_norm_legacy
-        self.proj = Linear(dim, dim, weight_init="zeros" if zero_init_output else XAVIER, bias_init="zeros")
+        self.proj = Linear(dim, dim)
         self.rope = rope is not None and rope is not False
+        self._rope_tables = forms.ROPE_TABLES.chosen()
+        self._rotate_pairs = forms.ROTATE_PAIRS.chosen()
 
     def construct(self, x, rope=None):
         """x (B, N, C) -> (B, N, C): attention over the N tokens of each sample; ``rope``:
@@ -156,51 +141,29 @@ class Attention(nn.Cell):
     def _attend(self, q, k, v, rope):
         """(B, H, N, D) queries, keys, values -> (B, H, N, D)."""
         if self.rope:
-            rope = _expanded_rope(rope, q.shape)
+            cos, sin, matrix = rope
+            cos, sin = self._rope_tables(cos, sin, q.shape)  # shared by q and k
         if self.rope and self.qk_norm_legacy:
-            q, k = _rotate(q, rope), _rotate(k, rope)
+            q, k = self._rotary(q, cos, sin, matrix), self._rotary(k, cos, sin, matrix)
         scale = self.scale
         if self.qk_norm:  # the 1/sqrt(d) scale rides on the norm's weight: one pass over q fewer
             q, k = self.q_norm(q, scale), self.k_norm(k)
             scale = 1.0
         if self.rope and not self.qk_norm_legacy:
-            q, k = _rotate(q, rope), _rotate(k, rope)
+            q, k = self._rotary(q, cos, sin, matrix), self._rotary(k, cos, sin, matrix)
         return attention(q, k, v, None, scale, self.use_flash)
+
+    def _rotary(self, x, cos, sin, matrix):
+        """Rotate (..., n, d) by the (n, d) tables in float32: x·cos + rotate_half(x)·sin, rotate_half(a, b) =
+        (-b, a) on each interleaved pair (``matrix``: that map, for the CPU backend's form)."""
+        h = x.astype(ms.float32)
+        return (h * cos + self._rotate_pairs(h, matrix) * sin).astype(x.dtype)
 
 
 def _split_heads(x, num_heads):
     """(B, N, H·D) -> (B, H, N, D)."""
     b, n, c = x.shape
     return x.reshape(b, n, num_heads, c // num_heads).transpose(0, 2, 1, 3)
-
-
-def _expanded_rope(rope, shape):
-    """(cos, sin, rotate_half) with, when ``rotate_half`` is given (the CPU backend), cos and sin
-    broadcast to the (B, H, N, D) ``shape`` once for q and k: same-shape Muls, not broadcasting ones."""
-    cos, sin, rotate_half = rope
-    if rotate_half is None:
-        return rope
-    return ops.broadcast_to(cos, shape), ops.broadcast_to(sin, shape), rotate_half
-
-
-def _rotate(x, rope):
-    return apply_rotary(x, *rope)
-
-
-def apply_rotary(x, cos, sin, rotate_half=None):
-    """Rotate (..., n, d) by the (n, d) tables: x·cos + rotate_half(x)·sin, rotate_half(a, b) = (-b, a)
-    on each interleaved pair. ``rotate_half``: that map as a (d, d) matrix of 0 and ±1 (exact in float32;
-    on the CPU backend a small MatMul is ~2x faster than slicing the pairs and concatenating them), or
-    None to slice."""
-    dtype = x.dtype
-    shape = x.shape
-    x = x.astype(ms.float32)
-    if rotate_half is None:
-        pairs = x.reshape(shape[:-1] + (shape[-1] // 2, 2))
-        rotated = ops.cat((-pairs[..., 1:2], pairs[..., 0:1]), axis=-1).reshape(shape)
-    else:
-        rotated = ops.matmul(x.reshape(-1, shape[-1]), rotate_half).reshape(shape)
-    return (x * cos + rotated * sin).astype(dtype)
 
 
 class MultiHeadCrossAttention(nn.Cell):
@@ -215,13 +178,13 @@ class MultiHeadCrossAttention(nn.Cell):
     """
 
     def __init__(self, d_model: int, num_heads: int, attn_drop: float = 0.0, proj_drop: float = 0.0,
-                 enable_flash_attn: bool = False, zero_init_output: bool = False):
+                 enable_flash_attn: bool = False):
         super().__init__()
         self.d_model = d_model
         _init_heads(self, d_model, num_heads, attn_drop, proj_drop, enable_flash_attn)
-        self.q_linear = Linear(d_model, d_model, weight_init=XAVIER, bias_init="zeros")
-        self.kv_linear = Linear(d_model, d_model * 2, weight_init=XAVIER, bias_init="zeros")
-        self.proj = Linear(d_model, d_model, weight_init="zeros" if zero_init_output else XAVIER, bias_init="zeros")
+        self.q_linear = Linear(d_model, d_model)
+        self.kv_linear = Linear(d_model, d_model * 2)
+        self.proj = Linear(d_model, d_model)
 
     def project_kv(self, cond):
         """cond (B, L, C) -> (2, B, H, L, D): stacked keys and values."""
@@ -243,14 +206,11 @@ class MultiHeadCrossAttention(nn.Cell):
 class T2IFinalLayer(nn.Cell):
     """PixArt's final layer on (B, T, S, C) tokens: norm, modulation by ``t`` (t0 where x_mask is False), linear."""
 
-    def __init__(self, hidden_size: int, num_patch: int, out_channels: int, d_t=None, d_s=None,
-                 zero_init: bool = False):
+    def __init__(self, hidden_size: int, num_patch: int, out_channels: int):
         super().__init__()
         self.norm_final = LayerNorm(hidden_size, eps=1e-6, elementwise_affine=False)
-        init = "zeros" if zero_init else XAVIER
-        self.linear = Linear(hidden_size, int(num_patch) * out_channels, weight_init=init, bias_init="zeros")
-        self.scale_shift_table = Parameter(
-            initializer(Normal(hidden_size ** -0.5), (2, hidden_size), ms.float32), name="scale_shift_table")
+        self.linear = Linear(hidden_size, int(num_patch) * out_channels)
+        self.scale_shift_table = scale_shift_table(2, hidden_size)
         self.out_channels = out_channels
 
     def construct(self, x, t, x_mask=None, t0=None):

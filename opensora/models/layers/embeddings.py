@@ -14,8 +14,9 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import Normal, initializer
 
-from .blocks import XAVIER, Mlp, SiLU, apply_rotary  # noqa: F401  (apply_rotary re-exported)
-from .nn import Conv3d, Linear, cpu_target, gelu_tanh
+from .blocks import Mlp
+from .forms import rotate_half_matrix
+from .nn import Conv3d, Linear, SiLU, gelu_tanh
 
 
 # ----------------------------------------------------------------------------------------------
@@ -66,13 +67,12 @@ def timestep_frequencies(dim: int, max_period: float = 10000.0) -> np.ndarray:
 class TimestepEmbedder(nn.Cell):
     """Scalar timesteps -> vectors: sinusoidal features (float32, as upstream) then a 2-layer MLP."""
 
-    def __init__(self, hidden_size: int, frequency_embedding_size: int = 256, weight_std: float | None = None):
+    def __init__(self, hidden_size: int, frequency_embedding_size: int = 256):
         super().__init__()
-        w_init = Normal(weight_std) if weight_std else XAVIER
         self.mlp = nn.SequentialCell([
-            Linear(frequency_embedding_size, hidden_size, weight_init=w_init, bias_init="zeros"),
+            Linear(frequency_embedding_size, hidden_size),
             SiLU(),
-            Linear(hidden_size, hidden_size, weight_init=w_init, bias_init="zeros"),
+            Linear(hidden_size, hidden_size),
         ])
         self.frequency_embedding_size = frequency_embedding_size
         self._freqs = Tensor(timestep_frequencies(frequency_embedding_size))
@@ -93,15 +93,8 @@ class TimestepEmbedder(nn.Cell):
 class SizeEmbedder(TimestepEmbedder):
     """Sizes / aspect ratios / frame counts / fps (B, dims) -> (B, dims·hidden_size), as upstream."""
 
-    def __init__(self, hidden_size: int, frequency_embedding_size: int = 256, dtype=ms.float32,
-                 zero_init_output: bool = False):
+    def __init__(self, hidden_size: int, frequency_embedding_size: int = 256, dtype=ms.float32):
         super().__init__(hidden_size, frequency_embedding_size)
-        if zero_init_output:  # STDiT3 initialises the fps embedder's output layer to zero
-            self.mlp = nn.SequentialCell([
-                Linear(frequency_embedding_size, hidden_size, weight_init=Normal(0.02), bias_init="zeros"),
-                SiLU(),
-                Linear(hidden_size, hidden_size, weight_init="zeros", bias_init="zeros"),
-            ])
         self.outdim = hidden_size
         self.dtype = dtype  # the compute dtype (upstream: the parameters' dtype)
 
@@ -128,10 +121,10 @@ class CaptionEmbedder(nn.Cell):
     """
 
     def __init__(self, in_channels: int, hidden_size: int, uncond_prob: float, act_layer=gelu_tanh,
-                 token_num: int = 120, weight_std: float | None = None):
+                 token_num: int = 120):
         super().__init__()
         self.y_proj = Mlp(in_features=in_channels, hidden_features=hidden_size, out_features=hidden_size,
-                          act_layer=act_layer, weight_std=weight_std)
+                          act_layer=act_layer)
         self.y_embedding = Parameter(initializer(Normal(in_channels ** -0.5), (token_num, in_channels), ms.float32),
                                      name="y_embedding", requires_grad=False)
         self.uncond_prob = uncond_prob
@@ -144,6 +137,12 @@ class CaptionEmbedder(nn.Cell):
             drop_ids = force_drop_ids == 1
         null = self.y_embedding.astype(caption.dtype).reshape(1, 1, self.token_num, self.in_channels)
         return ops.where(drop_ids.reshape(-1, 1, 1, 1), null, caption)
+
+    def null(self, n: int):
+        """The learned null caption for ``n`` samples, (n, 1, L, caption_channels) float32: the unconditional
+        branch of classifier-free guidance (upstream's ``T5Encoder.null``)."""
+        return ops.tile(self.y_embedding.astype(ms.float32).reshape(1, 1, self.token_num, self.in_channels),
+                        (n, 1, 1, 1))
 
     def construct(self, caption, train=False, force_drop_ids=None):
         if train and tuple(caption.shape[2:]) != (self.token_num, self.in_channels):
@@ -222,8 +221,8 @@ class RotaryEmbedding(nn.Cell):
     """``freqs`` (dim/2,) = theta^(-2k/dim), a non-trainable Parameter (key ``rope.freqs``, as upstream).
 
     Pairs are interleaved: features (2k, 2k+1) rotate by angle pos·freqs[k]. The model computes the
-    (cos, sin) tables once per forward with :meth:`tables` and hands them to the attention cells, so
-    that one RotaryEmbedding serves every block without being registered under each of them.
+    tables once per forward with :meth:`tables` and hands them to the attention cells, so that one
+    RotaryEmbedding serves every block without being registered under each of them.
     """
 
     def __init__(self, dim: int, theta: float = 10000.0):
@@ -232,26 +231,11 @@ class RotaryEmbedding(nn.Cell):
         exponent = (np.arange(0, dim, 2, dtype=np.float32)[: dim // 2] / np.float32(dim)).astype(np.float64)
         freqs = 1.0 / theta ** exponent
         self.freqs = Parameter(Tensor(freqs.astype(np.float32)), name="freqs", requires_grad=False)
-        # CPU backend: rotate the pairs with a small exact MatMul (see apply_rotary); elsewhere by slicing,
-        # as a float32 MatMul may run in reduced precision on Ascend
-        self.rotate_half = Tensor(self.rotate_half_matrix(dim)) if cpu_target() else None
+        self._rotate_half = Tensor(rotate_half_matrix(dim))  # for the CPU backend's pair rotation (forms.py)
 
     def tables(self, seq_len: int):
-        """(cos, sin, rotate_half): cos and sin (seq_len, dim), float32; rotate_half (dim, dim) or None, see
-        :func:`apply_rotary`."""
+        """(cos, sin, rotate_half): cos and sin (seq_len, dim) float32, and the (dim, dim) pair-rotation matrix."""
         pos = Tensor(np.arange(seq_len, dtype=np.float32)).reshape(-1, 1)
         angles = pos * self.freqs.astype(ms.float32).reshape(1, -1)  # (n, dim/2)
         angles = ops.broadcast_to(angles.reshape(seq_len, -1, 1), (seq_len, self.dim // 2, 2)).reshape(seq_len, -1)
-        return ops.cos(angles), ops.sin(angles), self.rotate_half
-
-    @staticmethod
-    def rotate_half_matrix(dim: int) -> np.ndarray:
-        """x @ R maps each interleaved pair (a, b) to (-b, a)."""
-        matrix = np.zeros((dim, dim), np.float32)
-        pairs = np.arange(0, dim, 2)
-        matrix[pairs + 1, pairs] = -1.0
-        matrix[pairs, pairs + 1] = 1.0
-        return matrix
-
-    def construct(self, seq_len: int):
-        return self.tables(seq_len)
+        return ops.cos(angles), ops.sin(angles), self._rotate_half

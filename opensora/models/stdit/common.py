@@ -1,11 +1,10 @@
-"""What STDiT, STDiT2 and STDiT3 share: configs, dtype, dynamic sizes, unpatchify, caption handling,
-precomputed caption keys/values, per-block recompute and ``from_pretrained``.
+"""What STDiT, STDiT2 and STDiT3 share: configs, dtype, the block base, dynamic sizes, unpatchify, caption
+handling, the conditioning prepared once per prompt batch, per-block recompute and ``from_pretrained``.
 
-Accepted-but-inert flags (documented so that upstream configs carry over unchanged):
-``enable_layernorm_kernel`` (apex fused LayerNorm: our LayerNorm is already one op),
-``enable_sequence_parallelism`` (ColossalAI sequence parallelism: not available; True raises).
-``enable_flash_attn`` (``enable_flashattn`` in 1.0) selects Ascend flash attention when running on
-Ascend, and is ignored elsewhere (math attention in float32).
+Upstream flags accepted at the model boundary so that upstream configs carry over unchanged, and not
+threaded any further: ``enable_layernorm_kernel`` (apex's fused LayerNorm: ours is one formulation
+already), ``enable_sequence_parallelism`` (ColossalAI sequence parallelism: True raises). ``enable_flash_attn``
+(``enable_flashattn`` in 1.0) selects Ascend's flash attention where it exists (math attention elsewhere).
 """
 from __future__ import annotations
 
@@ -19,29 +18,19 @@ import mindspore as ms
 from mindspore import nn, ops
 
 from ...config import check_kwargs
+from ...dtypes import to_ms_dtype
 from ...utils.checkpoint import CheckpointError, load_into, read_checkpoint
+from ..layers import forms
 from ..layers.attention import use_flash_attention
-from ..layers.blocks import text_attention_mask
-from ..layers.nn import cpu_target, expand_rows
+from ..layers.blocks import DropPath, Mlp, MultiHeadCrossAttention, scale_shift_table, text_attention_mask
+from ..layers.init import init_linears_, lazily, normal_, xavier_uniform_flat_, zeros_
+from ..layers.nn import LayerNorm
 
 logger = logging.getLogger(__name__)
 
-_DTYPES = {"float32": ms.float32, "fp32": ms.float32, "float16": ms.float16, "fp16": ms.float16,
-           "bfloat16": ms.bfloat16, "bf16": ms.bfloat16}
 # keys of a Hugging Face config.json that describe the file, not the model
 _HF_META_KEYS = {"architectures", "model_type", "torch_dtype", "transformers_version", "_name_or_path",
                  "auto_map", "_commit_hash", "_attn_implementation_autoset"}
-
-
-def to_ms_dtype(dtype) -> ms.dtype:
-    """"fp32"/"fp16"/"bf16"/"float32"/... or a MindSpore dtype -> MindSpore dtype."""
-    if isinstance(dtype, str):
-        if dtype.lower() not in _DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}")
-        return _DTYPES[dtype.lower()]
-    if dtype in (ms.float32, ms.float16, ms.bfloat16):
-        return dtype
-    raise ValueError(f"unsupported dtype {dtype!r}; use float32, float16 or bfloat16")
 
 
 class ModelConfig:
@@ -76,21 +65,27 @@ class ModelConfig:
         return cls(**kwargs)
 
 
-class FrameBlockTail(nn.Cell):
-    """What every STDiT block shares, on ``x`` held as (B, T, S, C): gated residuals, and the end of the
-    block: cross-attention to the caption over all T*S tokens, then the modulated MLP. Subclasses own
-    ``cross_attn``, ``norm2``, ``mlp`` and ``drop_path``."""
+class FrameBlock(nn.Cell):
+    """The base of every STDiT block, on tokens ``x`` held as (B, T, S, C): what all of them have (``norm1``,
+    ``cross_attn``, ``norm2``, ``mlp``, ``drop_path`` and the 6-row adaLN ``scale_shift_table``), the gated
+    residuals, and the common end of the block: cross attention to the caption over all T·S tokens, then
+    the modulated MLP. Subclasses add their self-attention cells and write ``construct``."""
 
-    def __init__(self):
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0,
+                 enable_flash_attn: bool = False):
         super().__init__()
-        # CPU backend: the (B, T|1, 1, C) gate broadcast as a K=1 MatMul, then a same-shape Mul (see expand_rows)
-        self.matmul_forms = cpu_target()
+        self.hidden_size = hidden_size
+        self.norm1 = LayerNorm(hidden_size, eps=1e-6, elementwise_affine=False)
+        self.cross_attn = MultiHeadCrossAttention(hidden_size, num_heads, enable_flash_attn=enable_flash_attn)
+        self.norm2 = LayerNorm(hidden_size, eps=1e-6, elementwise_affine=False)
+        self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
+        self.drop_path = DropPath(drop_path)
+        self.scale_shift_table = scale_shift_table(6, hidden_size)
+        self._gate = forms.GATE.chosen()
 
     def gated(self, gate, y):
-        """``drop_path(gate · y)``: the residual branch ``y`` (B, T, S, C) scaled by its adaLN gate."""
-        if self.matmul_forms:
-            return self.drop_path(expand_rows(gate, y.shape) * y)
-        return self.drop_path(gate * y)
+        """``drop_path(gate · y)``: the residual branch ``y`` (B, T, S, C) scaled by its adaLN gate (B, T|1, 1, C)."""
+        return self.drop_path(self._gate(gate, y))
 
     def cross_attention_and_mlp(self, x, y, kv, mask, shift_mlp, scale_mlp, gate_mlp):
         b, nt, ns, c = x.shape
@@ -116,24 +111,59 @@ def caption_extent(mask, length: int, multiple: int = 16):
 
 
 class STDiTBase(nn.Cell):
-    """Helpers shared by the three versions. Subclasses define ``_blocks()`` (the blocks in the order
-    of the caption keys/values of :meth:`precompute_y_kv`) and the model itself."""
+    """What the three versions share. A subclass builds its cells after ``super().__init__(cfg, flash)``, then
+    calls :meth:`_finish_init`; it defines ``_blocks()`` (the blocks in the order of the caption keys/values
+    of :meth:`precompute_y_kv`), ``initialize_weights()`` (upstream's rules, in one place) and ``construct``.
+    ``frame_conditioning``: the forward takes ``x_mask`` (frames given as references keep the t=0 modulation)."""
 
-    def _init_common(self, cfg, in_channels, patch_size, hidden_size, num_heads, pred_sigma,
-                     enable_flash_attn, enable_sequence_parallelism=False):
-        if enable_sequence_parallelism:
+    frame_conditioning = True
+
+    def __init__(self, cfg: ModelConfig, enable_flash_attn: bool):
+        super().__init__()
+        if getattr(cfg, "enable_sequence_parallelism", False):
             raise NotImplementedError("enable_sequence_parallelism (ColossalAI) is not available in this port; "
                                       "use data parallel training (msrun) instead")
+        if cfg.hidden_size % cfg.num_heads:
+            raise ValueError(f"hidden_size ({cfg.hidden_size}) must be divisible by num_heads ({cfg.num_heads})")
         self.config = cfg
         self.dtype = to_ms_dtype(cfg.dtype)
-        self.in_channels = in_channels
-        self.pred_sigma = pred_sigma
-        self.out_channels = in_channels * 2 if pred_sigma else in_channels
-        self.patch_size = tuple(patch_size)
-        self.hidden_size, self.num_heads = hidden_size, num_heads
-        if hidden_size % num_heads:
-            raise ValueError(f"hidden_size ({hidden_size}) must be divisible by num_heads ({num_heads})")
-        self.use_flash = use_flash_attention(enable_flash_attn)
+        self.in_channels = cfg.in_channels
+        self.pred_sigma = cfg.pred_sigma
+        self.out_channels = cfg.in_channels * 2 if cfg.pred_sigma else cfg.in_channels
+        self.patch_size = tuple(cfg.patch_size)
+        self.hidden_size, self.num_heads = cfg.hidden_size, cfg.num_heads
+        self.depth = cfg.depth
+        self.enable_flash_attn = bool(enable_flash_attn)
+        self.attention_path = "flash" if use_flash_attention(enable_flash_attn) else "math"  # logged once
+
+    def _finish_init(self, freeze=None):
+        """After the cells exist: upstream's initialisation, freezing, and the training options."""
+        self.initialize_weights()
+        self._freeze(freeze)
+        for param in self.get_parameters():  # fixed tables kept in the checkpoint (as upstream's buffers)
+            if param.name.endswith(("y_embedder.y_embedding", "rope.freqs")):
+                param.requires_grad = False
+        cfg = self.config
+        if cfg.grad_checkpointing or cfg.num_recompute_blocks:
+            self.set_grad_checkpointing(True, cfg.num_recompute_blocks)
+
+    def initialize_weights(self):
+        raise NotImplementedError
+
+    def _initialize_pixart_style(self, t_blocks):
+        """Upstream 1.0 and 1.1's ``initialize_weights`` + ``initialize_temporal`` (PixArt's rules): every linear
+        layer xavier-uniform with zero bias; the patch embedding as the linear layer it is; the timestep and
+        caption MLPs and the ``t_blocks`` linears N(0, 0.02); cross attention's and the temporal attention's
+        output projections and the final layer zero."""
+        init_linears_(self)
+        xavier_uniform_flat_(self.x_embedder.proj.weight)
+        for linear in (self.t_embedder.mlp[0], self.t_embedder.mlp[2], self.y_embedder.y_proj.fc1,
+                       self.y_embedder.y_proj.fc2) + tuple(t_blocks):
+            normal_(linear.weight, 0.02)
+        for block in self._blocks():
+            zeros_(block.cross_attn.proj.weight, block.cross_attn.proj.bias)
+            zeros_(block.attn_temp.proj.weight, block.attn_temp.proj.bias)
+        zeros_(self.final_layer.linear.weight, self.final_layer.linear.bias)
 
     # ---------------------------------------------------------------- sizes
     def get_dynamic_size(self, x):
@@ -182,16 +212,19 @@ class STDiTBase(nn.Cell):
             cond = cond[:, :length]
         return ops.stack([block.cross_attn.project_kv(cond) for block in self._blocks()]), mask
 
+    def prepare_conditioning(self, y, mask=None) -> dict:
+        """What a sampler computes once per prompt batch and passes to every step's forward: the keyword
+        arguments ``y``, ``y_kv`` and ``mask`` (the caption keys/values of every block with the mask cut to
+        the attended positions, see :meth:`precompute_y_kv`; ``y`` is then not needed)."""
+        y_kv, mask = self.precompute_y_kv(y, mask)
+        return {"y": None, "y_kv": y_kv, "mask": mask}
+
     def _caption_kv_source(self, y, y_kv, force_drop_ids):
         """(cond, y_kv): caption tokens to project in each block, or the precomputed keys/values, one
         tensor per block (unstacked once: indexing the stack in every block is a slow StridedSlice)."""
         if y_kv is not None:
             return None, ops.unstack(y_kv.astype(self.dtype), 0)
         return self.embed_caption(y, force_drop_ids), None
-
-    @staticmethod
-    def _text_mask(mask, batch):
-        return text_attention_mask(mask, batch)
 
     # ---------------------------------------------------------------- training
     def set_grad_checkpointing(self, enable: bool = True, num_blocks: int | None = None):
@@ -228,10 +261,6 @@ class STDiTBase(nn.Cell):
                     (freeze == "text" and "cross_attn" in param.name):
                 param.requires_grad = False
 
-    def _apply_training_options(self, cfg):
-        if cfg.grad_checkpointing or cfg.num_recompute_blocks:
-            self.set_grad_checkpointing(True, cfg.num_recompute_blocks)
-
     # ---------------------------------------------------------------- weights
     def load_pretrained(self, path: str, strict: bool = True):
         """Load a converted ``.ckpt``, a ``.safetensors`` file, or a directory laid out like the Hugging Face
@@ -263,18 +292,22 @@ def build_pretrained(model_cls, config_cls, preset: dict, from_pretrained=None, 
     """Upstream's registry builders. The model's size comes from ``preset`` (e.g. depth 28, hidden 1152),
     overridden by a ``config.json`` when ``from_pretrained`` is a Hugging Face style directory, and by
     ``kwargs`` over both. ``from_pretrained``: that directory, a ``.safetensors`` file or a converted ``.ckpt``."""
-    values = dict(preset)
-    config_json = os.path.join(from_pretrained, "config.json") if from_pretrained else None
-    if config_json and os.path.isfile(config_json):
-        values.update({k: v for k, v in config_cls.from_json_file(config_json).to_dict().items()
-                       if k in _json_keys(config_json)})
-    values.update(kwargs)
-    model = model_cls(config_cls(**values))
+    values = {**preset, **folder_config_values(config_cls, from_pretrained), **kwargs}
+    with lazily() as draw_later:  # initial values are drawn only for what the checkpoint does not fill
+        model = model_cls(config_cls(**values))
     if from_pretrained is not None:
         model.load_pretrained(from_pretrained)
+    if draw_later:
+        model.init_parameters_data()
     return model
 
 
-def _json_keys(path: str) -> set:
-    with open(path, "r", encoding="utf-8") as f:
-        return set(json.load(f))
+def folder_config_values(config_cls, path) -> dict:
+    """The model keywords a Hugging Face-style folder's ``config.json`` sets (the keys it holds that
+    ``config_cls`` knows), or {} when ``path`` is not such a folder (a file, or None)."""
+    config_json = os.path.join(path, "config.json") if path and os.path.isdir(path) else None
+    if not config_json or not os.path.isfile(config_json):
+        return {}
+    with open(config_json, "r", encoding="utf-8") as f:
+        present = set(json.load(f))
+    return {k: v for k, v in config_cls.from_json_file(config_json).to_dict().items() if k in present}

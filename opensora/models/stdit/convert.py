@@ -47,6 +47,16 @@ OFFICIAL_KWARGS = {
 }
 
 
+def config_class(model: str):
+    """The config class whose keys a checkpoint folder's ``config.json`` may set for ``model`` (None: PixArt)."""
+    from .stdit import STDiTConfig
+    from .stdit2 import STDiT2Config
+    from .stdit3 import STDiT3Config
+
+    return {"STDiT-XL/2": STDiTConfig, "STDiT2-XL/2": STDiT2Config, "STDiT3-XL/2": STDiT3Config,
+            "STDiT3-3B/2": STDiT3Config}.get(model)
+
+
 def rename(name: str, value) -> Iterator[tuple[str, object]]:
     """One official (name, tensor) -> the (name, tensor) pairs of this port (none when dropped)."""
     for pattern, action in _COMPILED:

@@ -7,33 +7,20 @@ import numpy as np
 
 import mindspore as ms
 from mindspore import Tensor, nn
-from mindspore.common.initializer import Normal
 
-from ..layers.blocks import (Attention, DropPath, Mlp, MultiHeadCrossAttention, SiLU, T2IFinalLayer,
-                             frame_modulations, scale_shift_table)
-from ..layers.embeddings import (CaptionEmbedder, PatchEmbed3D, TimestepEmbedder, get_1d_sincos_pos_embed,
-                                 get_2d_sincos_pos_embed)
-from ..layers.nn import LayerNorm, Linear, gelu_tanh
+from ..layers.blocks import Attention, T2IFinalLayer, frame_modulations, text_attention_mask
+from ..layers.embeddings import CaptionEmbedder, PatchEmbed3D, TimestepEmbedder, get_1d_sincos_pos_embed, \
+    get_2d_sincos_pos_embed
+from ..layers.nn import Linear, SiLU
 from ..registry import MODELS
-from .common import FrameBlockTail, ModelConfig, STDiTBase, build_pretrained
+from .common import FrameBlock, ModelConfig, STDiTBase, build_pretrained
 
 
-class STDiTBlock(FrameBlockTail):
-    def __init__(self, hidden_size, num_heads, d_s=None, d_t=None, mlp_ratio=4.0, drop_path=0.0,
-                 enable_flashattn=False, enable_layernorm_kernel=False, enable_sequence_parallelism=False):
-        super().__init__()
-        self.hidden_size, self.d_s, self.d_t = hidden_size, d_s, d_t
-        self.norm1 = LayerNorm(hidden_size, eps=1e-6, elementwise_affine=False)
+class STDiTBlock(FrameBlock):
+    def __init__(self, hidden_size, num_heads, mlp_ratio=4.0, drop_path=0.0, enable_flashattn=False):
+        super().__init__(hidden_size, num_heads, mlp_ratio, drop_path, enable_flashattn)
         self.attn = Attention(hidden_size, num_heads=num_heads, qkv_bias=True, enable_flash_attn=enable_flashattn)
-        self.cross_attn = MultiHeadCrossAttention(hidden_size, num_heads, enable_flash_attn=enable_flashattn,
-                                                  zero_init_output=True)
-        self.norm2 = LayerNorm(hidden_size, eps=1e-6, elementwise_affine=False)
-        self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio), act_layer=gelu_tanh)
-        self.drop_path = DropPath(drop_path)
-        self.scale_shift_table = scale_shift_table(6, hidden_size)
-        # upstream zero-initialises the temporal attention's output projection (weight and bias)
-        self.attn_temp = Attention(hidden_size, num_heads=num_heads, qkv_bias=True, enable_flash_attn=enable_flashattn,
-                                   zero_init_output=True)
+        self.attn_temp = Attention(hidden_size, num_heads=num_heads, qkv_bias=True, enable_flash_attn=enable_flashattn)
 
     def construct(self, x, y, t, mask=None, tpe=None, kv=None):
         """x (B, T, S, C); tpe (1, T, C) temporal position embedding (first block only) or None."""
@@ -69,14 +56,13 @@ class STDiT(STDiTBase):
     ``force_drop_ids``. x must have the ``input_size`` the model was built with (position embeddings are fixed).
     """
 
+    frame_conditioning = False  # 1.0 has no x_mask
+
     def __init__(self, config: STDiTConfig | None = None, **kwargs):
-        super().__init__()
         cfg = config if config is not None else STDiTConfig(**kwargs)
-        self._init_common(cfg, cfg.in_channels, cfg.patch_size, cfg.hidden_size, cfg.num_heads, cfg.pred_sigma,
-                          cfg.enable_flashattn, cfg.enable_sequence_parallelism)
+        super().__init__(cfg, cfg.enable_flashattn)
         hidden = cfg.hidden_size
         self.input_size = tuple(cfg.input_size)
-        self.depth = cfg.depth
         self.num_temporal = self.input_size[0] // self.patch_size[0]
         self.num_spatial = (self.input_size[1] // self.patch_size[1]) * (self.input_size[2] // self.patch_size[2])
         self.no_temporal_pos_emb = cfg.no_temporal_pos_emb  # accepted; upstream 1.0 adds it regardless
@@ -87,21 +73,21 @@ class STDiT(STDiTBase):
             get_1d_sincos_pos_embed(hidden, self.num_temporal, scale=cfg.time_scale)[None], ms.float32)
 
         self.x_embedder = PatchEmbed3D(cfg.patch_size, cfg.in_channels, hidden)
-        self.t_embedder = TimestepEmbedder(hidden, weight_std=0.02)
-        self.t_block = nn.SequentialCell([SiLU(), Linear(hidden, 6 * hidden, weight_init=Normal(0.02),
-                                                         bias_init="zeros")])
-        self.y_embedder = CaptionEmbedder(cfg.caption_channels, hidden, cfg.class_dropout_prob, act_layer=gelu_tanh,
-                                          token_num=cfg.model_max_length, weight_std=0.02)
+        self.t_embedder = TimestepEmbedder(hidden)
+        self.t_block = nn.SequentialCell([SiLU(), Linear(hidden, 6 * hidden)])
+        self.y_embedder = CaptionEmbedder(cfg.caption_channels, hidden, cfg.class_dropout_prob,
+                                          token_num=cfg.model_max_length)
         drop_path = np.linspace(0, cfg.drop_path, cfg.depth).tolist()
         self.blocks = nn.CellList([
-            STDiTBlock(hidden, cfg.num_heads, d_s=self.num_spatial, d_t=self.num_temporal, mlp_ratio=cfg.mlp_ratio,
-                       drop_path=drop_path[i], enable_flashattn=cfg.enable_flashattn)
+            STDiTBlock(hidden, cfg.num_heads, mlp_ratio=cfg.mlp_ratio, drop_path=drop_path[i],
+                       enable_flashattn=cfg.enable_flashattn)
             for i in range(cfg.depth)])
-        self.final_layer = T2IFinalLayer(hidden, int(np.prod(self.patch_size)), self.out_channels, zero_init=True)
+        self.final_layer = T2IFinalLayer(hidden, int(np.prod(self.patch_size)), self.out_channels)
+        self._finish_init(cfg.freeze)
 
-        self._freeze(cfg.freeze)
-        self.y_embedder.y_embedding.requires_grad = False
-        self._apply_training_options(cfg)
+    def initialize_weights(self):
+        """Upstream's ``initialize_weights`` and ``initialize_temporal`` (1.0)."""
+        self._initialize_pixart_style((self.t_block[1],))
 
     def _blocks(self):
         return list(self.blocks)
@@ -118,11 +104,11 @@ class STDiT(STDiTBase):
         t = self.t_embedder(timestep, dtype)
         t_mlp = self.t_block(t)
         cond, y_kv = self._caption_kv_source(y, y_kv, force_drop_ids)
-        attn_mask = self._text_mask(mask, b)
+        attn_mask = text_attention_mask(mask, b)
         tpe = self.pos_embed_temporal.astype(dtype)
         for i in range(self.depth):
             kv = None if y_kv is None else y_kv[i]
-            x = self.blocks[i](x, cond, t_mlp, attn_mask, tpe if i == 0 else None, kv)
+            x = self.blocks[i](x, cond, t_mlp, mask=attn_mask, tpe=tpe if i == 0 else None, kv=kv)
         x = self.final_layer(x, t)
         x = self.unpatchify(x, nt, nh, nw, *self.input_size)
         return x.astype(ms.float32)

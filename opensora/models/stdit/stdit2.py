@@ -7,34 +7,24 @@ import numpy as np
 
 import mindspore as ms
 from mindspore import nn, ops
-from mindspore.common.initializer import Normal
 
-from ..layers.blocks import (Attention, DropPath, Mlp, MultiHeadCrossAttention, SiLU, T2IFinalLayer,
-                             frame_modulations, scale_shift_table)
+from ..layers.blocks import Attention, T2IFinalLayer, frame_modulations, scale_shift_table, text_attention_mask
 from ..layers.embeddings import (CaptionEmbedder, PatchEmbed3D, PositionEmbedding2D, RotaryEmbedding, SizeEmbedder,
                                  TimestepEmbedder)
-from ..layers.nn import LayerNorm, Linear, gelu_tanh
+from ..layers.nn import LayerNorm, Linear, SiLU
 from ..registry import MODELS
-from .common import FrameBlockTail, ModelConfig, STDiTBase, build_pretrained
+from .common import FrameBlock, ModelConfig, STDiTBase, build_pretrained
 
 
-class STDiT2Block(FrameBlockTail):
-    def __init__(self, hidden_size, num_heads, mlp_ratio=4.0, drop_path=0.0, enable_flash_attn=False,
-                 enable_layernorm_kernel=False, enable_sequence_parallelism=False, rope=None, qk_norm=False):
-        super().__init__()
-        self.hidden_size = hidden_size
-        self.norm1 = LayerNorm(hidden_size, eps=1e-6, elementwise_affine=False)
+class STDiT2Block(FrameBlock):
+    def __init__(self, hidden_size, num_heads, mlp_ratio=4.0, drop_path=0.0, enable_flash_attn=False, rope=None,
+                 qk_norm=False):
+        super().__init__(hidden_size, num_heads, mlp_ratio, drop_path, enable_flash_attn)
         self.attn = Attention(hidden_size, num_heads=num_heads, qkv_bias=True, enable_flash_attn=enable_flash_attn,
                               qk_norm=qk_norm)
-        self.scale_shift_table = scale_shift_table(6, hidden_size)
-        self.cross_attn = MultiHeadCrossAttention(hidden_size, num_heads, enable_flash_attn=enable_flash_attn,
-                                                  zero_init_output=True)
-        self.norm2 = LayerNorm(hidden_size, eps=1e-6, elementwise_affine=False)
-        self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio), act_layer=gelu_tanh)
-        self.drop_path = DropPath(drop_path)
         self.norm_temp = LayerNorm(hidden_size, eps=1e-6, elementwise_affine=False)
         self.attn_temp = Attention(hidden_size, num_heads=num_heads, qkv_bias=True, enable_flash_attn=enable_flash_attn,
-                                   rope=rope, qk_norm=qk_norm, qk_norm_legacy=True, zero_init_output=True)
+                                   rope=rope, qk_norm=qk_norm, qk_norm_legacy=True)
         self.scale_shift_table_temporal = scale_shift_table(3, hidden_size)
 
     def construct(self, x, y, t, t_tmp, mask=None, x_mask=None, t0=None, t0_tmp=None, rope=None, kv=None):
@@ -70,40 +60,35 @@ class STDiT2(STDiTBase):
     ``force_drop_ids``."""
 
     def __init__(self, config: STDiT2Config | None = None, **kwargs):
-        super().__init__()
         cfg = config if config is not None else STDiT2Config(**kwargs)
-        self._init_common(cfg, cfg.in_channels, cfg.patch_size, cfg.hidden_size, cfg.num_heads, cfg.pred_sigma,
-                          cfg.enable_flash_attn)
+        super().__init__(cfg, cfg.enable_flash_attn)
         hidden = cfg.hidden_size
         if hidden % 3:
             raise ValueError(f"STDiT2's hidden_size must be divisible by 3, got {hidden}")
-        self.depth = cfg.depth
         self.input_sq_size = cfg.input_sq_size
         self.pos_embed = PositionEmbedding2D(hidden)
         self.x_embedder = PatchEmbed3D(cfg.patch_size, cfg.in_channels, hidden)
-        self.t_embedder = TimestepEmbedder(hidden, weight_std=0.02)
-        self.t_block = nn.SequentialCell([SiLU(), Linear(hidden, 6 * hidden, weight_init=Normal(0.02),
-                                                         bias_init="zeros")])
-        self.t_block_temp = nn.SequentialCell([SiLU(), Linear(hidden, 3 * hidden, weight_init=Normal(0.02),
-                                                              bias_init="zeros")])
-        self.y_embedder = CaptionEmbedder(cfg.caption_channels, hidden, cfg.class_dropout_prob, act_layer=gelu_tanh,
-                                          token_num=cfg.model_max_length, weight_std=0.02)
+        self.t_embedder = TimestepEmbedder(hidden)
+        self.t_block = nn.SequentialCell([SiLU(), Linear(hidden, 6 * hidden)])
+        self.t_block_temp = nn.SequentialCell([SiLU(), Linear(hidden, 3 * hidden)])
+        self.y_embedder = CaptionEmbedder(cfg.caption_channels, hidden, cfg.class_dropout_prob,
+                                          token_num=cfg.model_max_length)
         self.rope = RotaryEmbedding(dim=hidden // cfg.num_heads)
         drop_path = np.linspace(0, cfg.drop_path, cfg.depth).tolist()
         self.blocks = nn.CellList([
             STDiT2Block(hidden, cfg.num_heads, mlp_ratio=cfg.mlp_ratio, drop_path=drop_path[i],
                         enable_flash_attn=cfg.enable_flash_attn, rope=True, qk_norm=cfg.qk_norm)
             for i in range(cfg.depth)])
-        self.final_layer = T2IFinalLayer(hidden, int(np.prod(self.patch_size)), self.out_channels, zero_init=True)
+        self.final_layer = T2IFinalLayer(hidden, int(np.prod(self.patch_size)), self.out_channels)
         self.csize_embedder = SizeEmbedder(hidden // 3, dtype=self.dtype)
         self.ar_embedder = SizeEmbedder(hidden // 3, dtype=self.dtype)
         self.fl_embedder = SizeEmbedder(hidden, dtype=self.dtype)
         self.fps_embedder = SizeEmbedder(hidden, dtype=self.dtype)
+        self._finish_init(cfg.freeze)
 
-        self._freeze(cfg.freeze)
-        self.rope.freqs.requires_grad = False
-        self.y_embedder.y_embedding.requires_grad = False
-        self._apply_training_options(cfg)
+    def initialize_weights(self):
+        """Upstream's ``initialize_weights`` and ``initialize_temporal`` (1.1): 1.0's, and the temporal t block."""
+        self._initialize_pixart_style((self.t_block[1], self.t_block_temp[1]))
 
     def _blocks(self):
         return list(self.blocks)
@@ -142,11 +127,12 @@ class STDiT2(STDiTBase):
             t0_tmp_mlp = self.t_block_temp(t0 + fl)
 
         cond, y_kv = self._caption_kv_source(y, y_kv, force_drop_ids)
-        attn_mask = self._text_mask(mask, b)
+        attn_mask = text_attention_mask(mask, b)
         rope = self.rope.tables(nt)
         for i in range(self.depth):
             kv = None if y_kv is None else y_kv[i]
-            x = self.blocks[i](x, cond, t_spc_mlp, t_tmp_mlp, attn_mask, x_mask, t0_spc_mlp, t0_tmp_mlp, rope, kv)
+            x = self.blocks[i](x, cond, t_spc_mlp, t_tmp_mlp, mask=attn_mask, x_mask=x_mask, t0=t0_spc_mlp,
+                               t0_tmp=t0_tmp_mlp, rope=rope, kv=kv)
         # upstream passes the bare t but t0 + data_info to the final layer
         return self.finish(x, t, x_mask, t0_spc, (nt, nh, nw, tx, hx, wx))
 

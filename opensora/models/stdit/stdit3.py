@@ -8,35 +8,25 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn, ops
 
-from ..layers.blocks import (Attention, DropPath, Mlp, MultiHeadCrossAttention, SiLU, T2IFinalLayer, XAVIER,
-                             frame_modulations, scale_shift_table)
+from ..layers.blocks import Attention, T2IFinalLayer, frame_modulations, text_attention_mask
 from ..layers.embeddings import (CaptionEmbedder, PatchEmbed3D, PositionEmbedding2D, RotaryEmbedding, SizeEmbedder,
                                  TimestepEmbedder)
-from ..layers.nn import LayerNorm, Linear, gelu_tanh
+from ..layers.init import init_linears_, normal_, zeros_
+from ..layers.nn import Linear, SiLU
 from ..registry import MODELS
-from .common import FrameBlockTail, ModelConfig, STDiTBase, build_pretrained
+from .common import FrameBlock, ModelConfig, STDiTBase, build_pretrained
 
 
-class STDiT3Block(FrameBlockTail):
+class STDiT3Block(FrameBlock):
     """One spatial (attention over the S patches of a frame) or temporal (over the T frames of a patch)
     block on (B, T, S, C) tokens. ``rope`` (constructor): use rotary embeddings (temporal blocks)."""
 
     def __init__(self, hidden_size, num_heads, mlp_ratio=4.0, drop_path=0.0, rope=None, qk_norm=False,
-                 temporal=False, enable_flash_attn=False, enable_layernorm_kernel=False,
-                 enable_sequence_parallelism=False):
-        super().__init__()
+                 temporal=False, enable_flash_attn=False):
+        super().__init__(hidden_size, num_heads, mlp_ratio, drop_path, enable_flash_attn)
         self.temporal = temporal
-        self.hidden_size = hidden_size
-        self.norm1 = LayerNorm(hidden_size, eps=1e-6, elementwise_affine=False)
-        # upstream zero-initialises the output projections of the temporal blocks
         self.attn = Attention(hidden_size, num_heads=num_heads, qkv_bias=True, qk_norm=qk_norm, rope=rope,
-                              enable_flash_attn=enable_flash_attn, zero_init_output=temporal)
-        self.cross_attn = MultiHeadCrossAttention(hidden_size, num_heads, enable_flash_attn=enable_flash_attn,
-                                                  zero_init_output=temporal)
-        self.norm2 = LayerNorm(hidden_size, eps=1e-6, elementwise_affine=False)
-        self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio), act_layer=gelu_tanh, zero_init_output=temporal)
-        self.drop_path = DropPath(drop_path)
-        self.scale_shift_table = scale_shift_table(6, hidden_size)
+                              enable_flash_attn=enable_flash_attn)
 
     def construct(self, x, y, t, mask=None, x_mask=None, t0=None, rope=None, kv=None):
         """x (B, T, S, C); y (B, L, C) caption tokens or None when ``kv`` (precomputed) is given;
@@ -69,20 +59,18 @@ class STDiT3Config(ModelConfig):
 class STDiT3(STDiTBase):
     """``STDiT3(config)`` or ``STDiT3(**kwargs)`` with :class:`STDiT3Config`'s keys.
 
-    forward: ``(x, timestep, y, mask=None, x_mask=None, fps=None, height=None, width=None)`` as upstream,
-    plus ``y_kv`` (from :meth:`precompute_y_kv`, block order: spatial 0..depth-1 then temporal
-    0..depth-1) and ``force_drop_ids`` (caption dropout). Returns float32 (B, out_channels, T, H, W).
+    forward: ``(x, timestep, y, mask=None, x_mask=None, fps=None, height=None, width=None, **kwargs)`` as
+    upstream (other keyword arguments are ignored, as upstream's), plus ``y_kv`` (from
+    :meth:`precompute_y_kv`, block order: spatial 0..depth-1 then temporal 0..depth-1) and ``force_drop_ids``
+    (caption dropout). Returns float32 (B, out_channels, T, H, W).
     """
 
     def __init__(self, config: STDiT3Config | None = None, **kwargs):
-        super().__init__()
-        cfg = config if config is not None else STDiT3Config(**kwargs)
         if config is not None and kwargs:
             raise TypeError("pass either a config or keyword arguments, not both")
-        self._init_common(cfg, cfg.in_channels, cfg.patch_size, cfg.hidden_size, cfg.num_heads, cfg.pred_sigma,
-                          cfg.enable_flash_attn, cfg.enable_sequence_parallelism)
+        cfg = config if config is not None else STDiT3Config(**kwargs)
+        super().__init__(cfg, cfg.enable_flash_attn)
         hidden = cfg.hidden_size
-        self.depth = cfg.depth
         self.input_sq_size = cfg.input_sq_size
         self.skip_y_embedder = bool(cfg.skip_y_embedder)
         self.pos_embed = PositionEmbedding2D(hidden)
@@ -90,20 +78,19 @@ class STDiT3(STDiTBase):
 
         self.x_embedder = PatchEmbed3D(cfg.patch_size, cfg.in_channels, hidden)
         self.t_embedder = TimestepEmbedder(hidden)
-        self.fps_embedder = SizeEmbedder(hidden, dtype=self.dtype, zero_init_output=True)
-        self.t_block = nn.SequentialCell([SiLU(), Linear(hidden, 6 * hidden, weight_init=XAVIER, bias_init="zeros")])
-        self.y_embedder = CaptionEmbedder(cfg.caption_channels, hidden, cfg.class_dropout_prob, act_layer=gelu_tanh,
+        self.fps_embedder = SizeEmbedder(hidden, dtype=self.dtype)
+        self.t_block = nn.SequentialCell([SiLU(), Linear(hidden, 6 * hidden)])
+        self.y_embedder = CaptionEmbedder(cfg.caption_channels, hidden, cfg.class_dropout_prob,
                                           token_num=cfg.model_max_length)
         drop_path = np.linspace(0, cfg.drop_path, cfg.depth).tolist()
-        common = dict(mlp_ratio=cfg.mlp_ratio, qk_norm=cfg.qk_norm, enable_flash_attn=cfg.enable_flash_attn,
-                      enable_layernorm_kernel=cfg.enable_layernorm_kernel)
+        common = dict(mlp_ratio=cfg.mlp_ratio, qk_norm=cfg.qk_norm, enable_flash_attn=cfg.enable_flash_attn)
         self.spatial_blocks = nn.CellList([
             STDiT3Block(hidden, cfg.num_heads, drop_path=drop_path[i], **common) for i in range(cfg.depth)])
         self.temporal_blocks = nn.CellList([
             STDiT3Block(hidden, cfg.num_heads, drop_path=drop_path[i], temporal=True, rope=True, **common)
             for i in range(cfg.depth)])
         self.final_layer = T2IFinalLayer(hidden, int(np.prod(self.patch_size)), self.out_channels)
-
+        self._finish_init()
         if cfg.only_train_temporal:
             for param in self.get_parameters():
                 param.requires_grad = False
@@ -113,9 +100,14 @@ class STDiT3(STDiTBase):
         if cfg.freeze_y_embedder:
             for param in self.y_embedder.get_parameters():
                 param.requires_grad = False
-        self.rope.freqs.requires_grad = False
-        self.y_embedder.y_embedding.requires_grad = False
-        self._apply_training_options(cfg)
+
+    def initialize_weights(self):
+        """Upstream's ``initialize_weights`` (1.2); the patch embedding keeps its convolution's default."""
+        init_linears_(self)
+        normal_(self.fps_embedder.mlp[0].weight, 0.02)
+        zeros_(self.fps_embedder.mlp[2].weight, self.fps_embedder.mlp[2].bias)
+        for block in self.temporal_blocks:
+            zeros_(block.attn.proj.weight, block.cross_attn.proj.weight, block.mlp.fc2.weight)
 
     def _blocks(self):
         return list(self.spatial_blocks) + list(self.temporal_blocks)
@@ -126,21 +118,30 @@ class STDiT3(STDiTBase):
         return super().embed_caption(y, force_drop_ids)
 
     def construct(self, x, timestep, y, mask=None, x_mask=None, fps=None, height=None, width=None, y_kv=None,
-                  force_drop_ids=None):
-        x, cond, t, t_mlp, t0, t0_mlp, attn_mask, rope, y_kv, sizes = self.prepare(
-            x, timestep, y, mask, x_mask, fps, height, width, y_kv, force_drop_ids)
+                  force_drop_ids=None, **kwargs):
+        p = self.prepare(x, timestep, y, mask, x_mask, fps, height, width, y_kv, force_drop_ids)
+        x = p["tokens"]
         for i in range(self.depth):
-            kv_s = None if y_kv is None else y_kv[i]
-            kv_t = None if y_kv is None else y_kv[self.depth + i]
-            x = self.spatial_blocks[i](x, cond, t_mlp, attn_mask, x_mask, t0_mlp, None, kv_s)
-            x = self.temporal_blocks[i](x, cond, t_mlp, attn_mask, x_mask, t0_mlp, rope, kv_t)
-        return self.finish(x, t, x_mask, t0, sizes)
+            kv_s = None if p["y_kv"] is None else p["y_kv"][i]
+            kv_t = None if p["y_kv"] is None else p["y_kv"][self.depth + i]
+            x = self.spatial_blocks[i](x, p["cond"], p["t_mlp"], mask=p["mask"], x_mask=x_mask, t0=p["t0_mlp"],
+                                       kv=kv_s)
+            x = self.temporal_blocks[i](x, p["cond"], p["t_mlp"], mask=p["mask"], x_mask=x_mask, t0=p["t0_mlp"],
+                                        rope=p["rope"], kv=kv_t)
+        return self.finish(x, p["t"], x_mask, p["t0"], p["sizes"])
 
     def prepare(self, x, timestep, y, mask=None, x_mask=None, fps=None, height=None, width=None, y_kv=None,
-                force_drop_ids=None):
-        """Everything before the blocks (split out so that a runner can drive the blocks one by one,
-        see ``blockwise.py``). Returns (tokens (B, T, S, C), cond, t, t_mlp, t0, t0_mlp, attn_mask,
-        rope tables, y_kv, sizes for :meth:`finish`)."""
+                force_drop_ids=None) -> dict:
+        """Everything before the blocks (split out so that a runner can drive the blocks one by one, see
+        ``opensora/inference/blockwise.py``), by name (a dict: MindSpore's graph mode keeps a dict's tensors
+        typed, while a NamedTuple made inside a graph loses their types):
+
+        ``tokens`` (B, T, S, C); ``cond`` caption tokens (B, L, C), or None when ``y_kv`` is given; ``t`` the
+        timestep (+ fps) embedding (B, C) for the final layer and ``t_mlp`` its adaLN modulation (B, 6C) for
+        the blocks; ``t0``/``t0_mlp`` the same at t = 0 for the frames ``x_mask`` conditions, or None;
+        ``mask`` the caption attention mask (B, 1, 1, L) True = attend, or None; ``rope`` the temporal
+        blocks' rotary tables; ``y_kv`` the precomputed caption keys/values, one per block, or None;
+        ``sizes`` the latent token grid (nt, nh, nw) and input size (T, H, W) for :meth:`finish`."""
         if fps is None or height is None or width is None:
             raise ValueError("STDiT3 needs fps, height and width tensors (B,) (pixel height/width of the video)")
         dtype = self.dtype
@@ -168,13 +169,12 @@ class STDiT3(STDiTBase):
 
         # === captions ===
         cond, y_kv = self._caption_kv_source(y, y_kv, force_drop_ids)
-        attn_mask = self._text_mask(mask, b)
 
         # === tokens (B, T, S, C) ===
         x = self.x_embedder(x).reshape(b, nt, ns, self.hidden_size) + pos_emb.reshape(1, 1, ns, self.hidden_size)
-        rope = self.rope.tables(nt)
-        return x, cond, t, t_mlp, t0, t0_mlp, attn_mask, rope, y_kv, (nt, nh, nw, tx, hx, wx)
-
+        return {"tokens": x, "cond": cond, "t": t, "t_mlp": t_mlp, "t0": t0, "t0_mlp": t0_mlp,
+                "mask": text_attention_mask(mask, b), "rope": self.rope.tables(nt), "y_kv": y_kv,
+                "sizes": (nt, nh, nw, tx, hx, wx)}
 
 
 @MODELS.register("STDiT3-XL/2")

@@ -1,8 +1,8 @@
 """Upstream's ``T5Embedder`` / ``T5Encoder`` (registered as ``"t5"``): tokenizer + T5 encoder from local files.
 
 ``T5Encoder(from_pretrained=DIR, model_max_length=300)`` then ``encode(texts) -> {"y": (B, 1, L, D),
-"mask": (B, L)}`` and ``null(n) -> (n, 1, L, D)``, the diffusion model's learned null caption
-(``text_encoder.y_embedder = model.y_embedder`` is set by the inference script, as upstream).
+"mask": (B, L)}``. The null caption of classifier-free guidance is the diffusion model's learned one
+(``model.y_embedder.null(n)``), not T5's: upstream's ``T5Encoder.null`` only forwards to it.
 
 ``from_pretrained``: a directory laid out like the Hugging Face repository ``DeepFloyd/t5-v1_1-xxl``
 (``config.json``, ``spiece.model`` + tokenizer files, and ``model.ckpt`` from ``tools/convert_t5.py``
@@ -22,10 +22,11 @@ import os
 import numpy as np
 
 import mindspore as ms
-from mindspore import Tensor, ops
+from mindspore import Tensor
 from mindspore.nn.utils import no_init_parameters
 
-from ...runtime import is_ascend
+from ...dtypes import to_ms_dtype
+from ..layers import forms
 from ..registry import TEXT_ENCODERS
 from .t5 import T5Config, T5EncoderModel
 from .t5_weights import find_weights, load_t5_weights
@@ -33,27 +34,10 @@ from .tokenizer import load_t5_tokenizer, tokenize
 
 logger = logging.getLogger(__name__)
 
-DTYPES = {"float32": ms.float32, "fp32": ms.float32, "float": ms.float32, "float16": ms.float16, "fp16": ms.float16,
-          "half": ms.float16, "bfloat16": ms.bfloat16, "bf16": ms.bfloat16}
-
-
-def to_ms_dtype(dtype) -> ms.Type:
-    if dtype is None:
-        return ms.float32
-    if isinstance(dtype, str):
-        key = dtype.lower().replace("torch.", "")
-        if key not in DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}; use one of float32, float16, bfloat16")
-        return DTYPES[key]
-    if dtype in (ms.float32, ms.float16, ms.bfloat16):
-        return dtype
-    raise ValueError(f"unsupported T5 dtype {dtype!r}; use float32, float16 or bfloat16")
-
-
 def check_dtype_supported(dtype: ms.Type) -> None:
     """bfloat16 only where the backend computes in it (Ascend); the CPU backend can only cast bf16."""
-    if dtype == ms.bfloat16 and not is_ascend():
-        raise ValueError("T5 in bfloat16 needs an Ascend device (MindSpore's CPU/GPU backends have no bfloat16 "
+    if dtype == ms.bfloat16 and not forms.bfloat16_compute_available():
+        raise ValueError("T5 in bfloat16 needs an Ascend device (MindSpore's CPU backend has no bfloat16 "
                          "matmul/norm/softmax kernels); use dtype float32 or float16 here")
 
 
@@ -122,7 +106,7 @@ class T5Embedder:
 
 @TEXT_ENCODERS.register("t5")
 class T5Encoder:
-    """Upstream's ``T5Encoder`` API: ``encode``, ``null``, ``output_dim``, ``model_max_length``, ``y_embedder``.
+    """Upstream's ``T5Encoder`` API: ``encode``, ``output_dim``, ``model_max_length``.
 
     ``device`` and ``shardformer`` are accepted for config compatibility: MindSpore places the model
     on the device set by ``init_runtime``, and ColossalAI's shardformer has no MindSpore counterpart.
@@ -135,7 +119,6 @@ class T5Encoder:
             logger.info("T5Encoder: shardformer=True has no effect in the MindSpore port")
         self.t5 = T5Embedder(from_pretrained, model_max_length=model_max_length, dtype=dtype, cache_dir=cache_dir,
                              tokenizer_path=tokenizer_path)
-        self.y_embedder = None
         self.model_max_length = self.t5.model_max_length
         self.output_dim = self.t5.config.d_model
         self.dtype = self.t5.dtype
@@ -144,12 +127,3 @@ class T5Encoder:
         """-> ``{"y": (B, 1, L, D) model dtype, "mask": (B, L) int32}``."""
         y, mask = self.t5.get_text_embeddings(text)
         return {"y": y.expand_dims(1), "mask": mask}
-
-    def null(self, n: int) -> Tensor:
-        """The learned null caption, (n, 1, L, D): ``y_embedder.y_embedding`` repeated."""
-        if self.y_embedder is None or getattr(self.y_embedder, "y_embedding", None) is None:
-            raise RuntimeError("T5Encoder.null() needs the diffusion model's caption embedder: set "
-                               "text_encoder.y_embedder = model.y_embedder first (the inference script does)")
-        y = self.y_embedder.y_embedding
-        y = y if isinstance(y, Tensor) else Tensor(np.asarray(y))
-        return ops.tile(y.expand_dims(0), (n, 1, 1)).expand_dims(1)

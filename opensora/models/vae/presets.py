@@ -9,6 +9,7 @@ from __future__ import annotations
 import mindspore as ms
 
 from ...config import ConfigError
+from ...dtypes import to_ms_dtype
 from ..registry import VAES
 
 VAE_TYPES = {
@@ -20,8 +21,6 @@ VAE_TYPES = {
     "v1.2": "OpenSoraVAE_V1_2",
     "opensoravae_v1_2": "OpenSoraVAE_V1_2",
 }
-DTYPES = {"float32": ms.float32, "fp32": ms.float32, "float16": ms.float16, "fp16": ms.float16,
-          "bfloat16": ms.bfloat16, "bf16": ms.bfloat16}
 
 
 def vae_class_name(vae_type: str) -> str:
@@ -46,8 +45,8 @@ def build_video_vae(vae_type: str, checkpoint: str | None, micro_batch_size: int
         vae = VAES.build({"type": name, "from_pretrained": checkpoint, "micro_batch_size": micro_batch_size,
                           "micro_frame_size": micro_frame_size, "vae_2d_config": config})
     vae.set_train(False)
-    if DTYPES[dtype] != ms.float32:
+    if to_ms_dtype(dtype) != ms.float32:
         from .video_vae import cast_vae
 
-        cast_vae(vae, DTYPES[dtype])
+        cast_vae(vae, to_ms_dtype(dtype))
     return vae

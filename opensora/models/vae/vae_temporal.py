@@ -11,6 +11,7 @@ from mindspore import nn, ops
 
 from ..layers.nn import Conv3d, GroupNorm, silu
 from ..registry import VAES
+from .geometry import ChunkedGeometry
 from .autoencoder_kl import posterior_mean_std
 
 
@@ -164,12 +165,20 @@ def time_padding(num_frames: int, factor: int) -> int:
     return 0 if num_frames % factor == 0 else factor - num_frames % factor
 
 
+def _temporal_geometry(in_out_channels=4, temporal_downsample=(True, True, False), **_) -> ChunkedGeometry:
+    """A temporal VAE alone: no spatial compression, the whole clip front-padded to a multiple of the
+    time factor (its channels are ``in_out_channels``, as upstream's ``out_channels``)."""
+    return ChunkedGeometry(channels=in_out_channels, spatial_factor=1,
+                           time_factor=2 ** sum(bool(t) for t in temporal_downsample), micro_frame_size=None)
+
+
 class VAE_Temporal(nn.Cell):  # noqa: N801 (upstream's name)
     def __init__(self, in_out_channels=4, latent_embed_dim=4, embed_dim=4, filters=128, num_res_blocks=4,
                  channel_multipliers=(1, 2, 2, 4), temporal_downsample=(True, True, False), num_groups=32,
                  activation_fn="swish"):
         super().__init__()
-        self.time_downsample_factor = 2 ** sum(bool(t) for t in temporal_downsample)
+        self.geometry = _temporal_geometry(in_out_channels, temporal_downsample)
+        self.time_downsample_factor = self.geometry.time_factor
         self.patch_size = (self.time_downsample_factor, 1, 1)
         self.out_channels = in_out_channels
         common = dict(in_out_channels=in_out_channels, filters=filters, num_res_blocks=num_res_blocks,
@@ -181,15 +190,7 @@ class VAE_Temporal(nn.Cell):  # noqa: N801 (upstream's name)
         self.decoder = Decoder(latent_embed_dim=latent_embed_dim, **common)
 
     def get_latent_size(self, input_size):
-        out = []
-        for i, size in enumerate(input_size):
-            if size is None:
-                out.append(None)
-            elif i == 0:
-                out.append((size + time_padding(size, self.time_downsample_factor)) // self.patch_size[0])
-            else:
-                out.append(size // self.patch_size[i])
-        return out
+        return self.geometry.latent_size(input_size)
 
     def encode(self, x):
         """(B, C, T, H, W) -> posterior (mean, std) of (B, embed_dim, ceil(T/4), H, W). Upstream pads
@@ -215,7 +216,11 @@ class VAE_Temporal(nn.Cell):  # noqa: N801 (upstream's name)
         return self.decode(mean, num_frames=x.shape[2])
 
 
-@VAES.register("VAE_Temporal_SD")
+def _temporal_sd_geometry(**_) -> ChunkedGeometry:
+    return _temporal_geometry(4, (False, True, True))
+
+
+@VAES.register("VAE_Temporal_SD", geometry=_temporal_sd_geometry)
 def VAE_Temporal_SD(from_pretrained=None, **kwargs):  # noqa: N802 (upstream's name)
     """The temporal VAE of Open-Sora 1.2 (filters 128, multipliers 1,2,2,4, time 4x)."""
     from .loading import load_vae_weights
@@ -227,4 +232,4 @@ def VAE_Temporal_SD(from_pretrained=None, **kwargs):  # noqa: N802 (upstream's n
     return model
 
 
-VAES.register("VAE_Temporal")(VAE_Temporal)
+VAES.register("VAE_Temporal", geometry=_temporal_geometry)(VAE_Temporal)

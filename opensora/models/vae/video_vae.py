@@ -23,6 +23,7 @@ from mindspore import Parameter, Tensor, nn, ops
 
 from ..registry import VAES
 from .autoencoder_kl import AutoencoderKL, sample_gaussian
+from .geometry import ChunkedGeometry, FrameCountError, FramewiseGeometry
 from .loading import SD_VAE_CONFIG, SDXL_VAE_CONFIG, load_vae_weights, read_json, resolve_dir
 from .vae_temporal import VAE_Temporal_SD  # noqa: F401  (registers VAE_Temporal_SD for vae_temporal configs)
 
@@ -70,7 +71,13 @@ def _resolve_2d_config(from_pretrained, subfolder, config):
     return read_json(SD_VAE_CONFIG)
 
 
-@VAES.register("VideoAutoencoderKL")
+def _image_vae_geometry(from_pretrained=None, subfolder=None, config=None, **_) -> FramewiseGeometry:
+    cfg = _resolve_2d_config(from_pretrained, subfolder, config)
+    return FramewiseGeometry(channels=int(cfg.get("latent_channels", 4)),
+                             spatial_factor=2 ** (len(cfg.get("block_out_channels", (64,))) - 1))
+
+
+@VAES.register("VideoAutoencoderKL", geometry=_image_vae_geometry)
 class VideoAutoencoderKL(nn.Cell):
     """The SD (or SDXL) image VAE applied frame by frame; latents scaled by 0.18215.
 
@@ -85,7 +92,9 @@ class VideoAutoencoderKL(nn.Cell):
                  subfolder=None, config=None, load_weights=True):
         super().__init__()
         self.module = AutoencoderKL.from_config(_resolve_2d_config(from_pretrained, subfolder, config))
-        self.out_channels = self.module.latent_channels
+        self.geometry = FramewiseGeometry(channels=self.module.latent_channels,
+                                          spatial_factor=self.module.downsample_factor)
+        self.out_channels = self.geometry.channels
         self.patch_size = (1, self.module.downsample_factor, self.module.downsample_factor)
         self.micro_batch_size = micro_batch_size
         self.scaling_factor = SD_SCALING_FACTOR
@@ -115,21 +124,35 @@ class VideoAutoencoderKL(nn.Cell):
         mean, std = self.encode_posterior(x)
         return sample_gaussian(mean, std)
 
-    def decode(self, x, **kwargs):
-        """(B, latent, T, h, w) scaled latent -> (B, C, T, 8h, 8w) in about [-1, 1]."""
+    def decode(self, x, num_frames=None):
+        """(B, latent, T, h, w) scaled latent -> (B, C, T, 8h, 8w) in about [-1, 1]; ``num_frames``, when given,
+        must be T (the video VAEs' common signature)."""
+        if num_frames is not None and num_frames != x.shape[2]:
+            raise FrameCountError(f"this VAE decodes one frame per latent frame: {x.shape[2]} latent frames "
+                                  f"cannot give {num_frames} frames")
         b = x.shape[0]
         frames = _frames_to_batch(x) / self.scaling_factor
         outs = [self.module.decode(frames[s:e]) for s, e in _chunks(frames.shape[0], self.micro_batch_size)]
         return _batch_to_frames(outs[0] if len(outs) == 1 else ops.cat(outs, axis=0), b)
 
     def get_latent_size(self, input_size):
-        return [None if s is None else s // p for s, p in zip(input_size, self.patch_size)]
+        return self.geometry.latent_size(input_size)
 
     @property
     def dtype(self):
         return self.module.encoder.conv_in.weight.dtype
 
 
+def _pipeline_geometry(config=None, vae_2d=None, vae_temporal=None, micro_frame_size=None, **_) -> ChunkedGeometry:
+    if config is not None:
+        vae_2d, vae_temporal = config.get("vae_2d", vae_2d), config.get("vae_temporal", vae_temporal)
+        micro_frame_size = config.get("micro_frame_size", micro_frame_size)
+    spatial, temporal = VAES.geometry(dict(vae_2d)), VAES.geometry(dict(vae_temporal))
+    return ChunkedGeometry(channels=temporal.channels, spatial_factor=spatial.spatial_factor,
+                           time_factor=temporal.time_factor, micro_frame_size=micro_frame_size)
+
+
+@VAES.register("VideoAutoencoderPipeline", geometry=_pipeline_geometry)
 class VideoAutoencoderPipeline(nn.Cell):
     """Spatial VAE then temporal VAE (Open-Sora 1.2). Keywords as upstream's
     ``VideoAutoencoderPipelineConfig`` (``vae_2d`` / ``vae_temporal`` are registry configs)."""
@@ -147,8 +170,10 @@ class VideoAutoencoderPipeline(nn.Cell):
         self.temporal_vae = VAES.build(dict(vae_temporal))
         self.cal_loss = cal_loss
         self.micro_frame_size = micro_frame_size
-        self.micro_z_frame_size = self.temporal_vae.get_latent_size([micro_frame_size, None, None])[0] \
-            if micro_frame_size else None
+        self.geometry = ChunkedGeometry(
+            channels=self.temporal_vae.geometry.channels, spatial_factor=self.spatial_vae.geometry.spatial_factor,
+            time_factor=self.temporal_vae.geometry.time_factor, micro_frame_size=micro_frame_size)
+        self.micro_z_frame_size = self.geometry.latent_chunk
         if freeze_vae_2d:
             for p in self.spatial_vae.get_parameters():
                 p.requires_grad = False
@@ -200,40 +225,28 @@ class VideoAutoencoderPipeline(nn.Cell):
         if num_frames is None:
             raise ValueError("VideoAutoencoderPipeline.decode needs num_frames (the pixel frame count, e.g. 51 for "
                              "15 latent frames): the temporal VAE cannot tell 49, 50 or 51 frames apart")
+        expected = self.geometry.latent_frames(num_frames)
+        if z.shape[2] != expected:
+            raise FrameCountError(f"{num_frames} frames are {expected} latent frames for this VAE, but the latent "
+                                  f"has {z.shape[2]}")
         if not self.cal_loss:
             z = z * self.scale.astype(z.dtype) + self.shift.astype(z.dtype)
         if not self.micro_frame_size:
             x_z = self.temporal_vae.decode(z, num_frames=num_frames)
         else:
-            pieces, remaining = [], num_frames
-            for start, end in _chunks(z.shape[2], self.micro_z_frame_size):
-                pieces.append(self.temporal_vae.decode(z[:, :, start:end],
-                                                       num_frames=min(self.micro_frame_size, remaining)))
-                remaining -= self.micro_frame_size
+            frames = self.geometry.chunk_pixel_frames(num_frames)  # what each chunk of latents decodes to
+            pieces = [self.temporal_vae.decode(z[:, :, start:end], num_frames=n)
+                      for (start, end), n in zip(_chunks(z.shape[2], self.micro_z_frame_size), frames)]
             x_z = pieces[0] if len(pieces) == 1 else ops.cat(pieces, axis=2)
         x = self.spatial_vae.decode(x_z)
         return (x, x_z) if self.cal_loss else x
 
     def get_latent_size(self, input_size):
-        if not self.micro_frame_size or input_size[0] is None:
-            return self.temporal_vae.get_latent_size(self.spatial_vae.get_latent_size(input_size))
-        sub = [self.micro_frame_size, input_size[1], input_size[2]]
-        size = self.temporal_vae.get_latent_size(self.spatial_vae.get_latent_size(sub))
-        size[0] = size[0] * (input_size[0] // self.micro_frame_size)
-        remain = input_size[0] % self.micro_frame_size
-        if remain > 0:
-            size[0] += self.temporal_vae.get_latent_size([remain, None, None])[0]
-        return size
-
-    def get_temporal_last_layer(self):
-        return self.temporal_vae.decoder.conv_out.conv.weight
+        return self.geometry.latent_size(input_size)
 
     @property
     def dtype(self):
         return self.temporal_vae.decoder.conv_out.conv.weight.dtype
-
-
-VAES.register("VideoAutoencoderPipeline")(VideoAutoencoderPipeline)
 
 
 def _pipeline_config_from_dir(path: str) -> dict:
@@ -242,18 +255,11 @@ def _pipeline_config_from_dir(path: str) -> dict:
     return read_json(cfg_path) if cfg_path and os.path.isfile(cfg_path) else {}
 
 
-@VAES.register("OpenSoraVAE_V1_2")
-def OpenSoraVAE_V1_2(micro_batch_size=4, micro_frame_size=17, from_pretrained=None, local_files_only=False,  # noqa: N802
-                     freeze_vae_2d=False, cal_loss=False, vae_2d_config=None, temporal_kwargs=None, shift=None,
-                     scale=None):
-    """Upstream's builder. ``from_pretrained``: an ``hpcai-tech/OpenSora-VAE-v1.2``-style directory
-    (config.json + model.safetensors), a ``.safetensors`` file, or a converted ``.ckpt``.
-
-    The SDXL VAE architecture comes from ``vae_2d_config`` (a diffusers config dict, a config.json, or a
-    directory like ``pixart_sigma_sdxlvae_T5_diffusers/vae``) or else the bundled SDXL VAE config. Extra
-    keywords for small test models (not in upstream): ``vae_2d_config``, ``temporal_kwargs``
-    (``VAE_Temporal`` keywords replacing ``VAE_Temporal_SD``'s), ``shift``/``scale``.
-    """
+def v1_2_pipeline_kwargs(micro_batch_size=4, micro_frame_size=17, from_pretrained=None, local_files_only=False,
+                         freeze_vae_2d=False, cal_loss=False, vae_2d_config=None, temporal_kwargs=None, shift=None,
+                         scale=None) -> dict:
+    """:class:`VideoAutoencoderPipeline`'s keywords for :func:`OpenSoraVAE_V1_2`'s (everything but loading the
+    weights): the architecture is read from ``from_pretrained``'s ``config.json`` when it is a folder."""
     dir_cfg = _pipeline_config_from_dir(from_pretrained) if from_pretrained else {}
     if vae_2d_config is None:
         # the directory's config.json may describe the 2D VAE: a "config" dict (written by this port for
@@ -270,12 +276,31 @@ def OpenSoraVAE_V1_2(micro_batch_size=4, micro_frame_size=17, from_pretrained=No
     if temporal_kwargs is None and saved_temporal.get("type") == "VAE_Temporal":
         temporal_kwargs = {k: v for k, v in saved_temporal.items() if k not in ("type", "from_pretrained")}
     vae_temporal = dict(type="VAE_Temporal", **temporal_kwargs) if temporal_kwargs else dict(type="VAE_Temporal_SD")
-    return VideoAutoencoderPipeline(
-        vae_2d=vae_2d, vae_temporal=vae_temporal, freeze_vae_2d=freeze_vae_2d, cal_loss=cal_loss,
-        micro_frame_size=micro_frame_size,
-        shift=shift if shift is not None else dir_cfg.get("shift", OPENSORA_V1_2_SHIFT),
-        scale=scale if scale is not None else dir_cfg.get("scale", OPENSORA_V1_2_SCALE),
-        from_pretrained=from_pretrained)
+    return dict(vae_2d=vae_2d, vae_temporal=vae_temporal, freeze_vae_2d=freeze_vae_2d, cal_loss=cal_loss,
+                micro_frame_size=micro_frame_size,
+                shift=shift if shift is not None else dir_cfg.get("shift", OPENSORA_V1_2_SHIFT),
+                scale=scale if scale is not None else dir_cfg.get("scale", OPENSORA_V1_2_SCALE))
+
+
+def _v1_2_geometry(**kwargs) -> ChunkedGeometry:
+    return _pipeline_geometry(**v1_2_pipeline_kwargs(**kwargs))
+
+
+@VAES.register("OpenSoraVAE_V1_2", geometry=_v1_2_geometry)
+def OpenSoraVAE_V1_2(micro_batch_size=4, micro_frame_size=17, from_pretrained=None, local_files_only=False,  # noqa: N802
+                     freeze_vae_2d=False, cal_loss=False, vae_2d_config=None, temporal_kwargs=None, shift=None,
+                     scale=None):
+    """Upstream's builder. ``from_pretrained``: an ``hpcai-tech/OpenSora-VAE-v1.2``-style directory
+    (config.json + model.safetensors), a ``.safetensors`` file, or a converted ``.ckpt``.
+
+    The SDXL VAE architecture comes from ``vae_2d_config`` (a diffusers config dict, a config.json, or a
+    directory like ``pixart_sigma_sdxlvae_T5_diffusers/vae``) or else the bundled SDXL VAE config. Extra
+    keywords for small test models (not in upstream): ``vae_2d_config``, ``temporal_kwargs``
+    (``VAE_Temporal`` keywords replacing ``VAE_Temporal_SD``'s), ``shift``/``scale``.
+    """
+    kwargs = v1_2_pipeline_kwargs(micro_batch_size, micro_frame_size, from_pretrained, local_files_only,
+                                  freeze_vae_2d, cal_loss, vae_2d_config, temporal_kwargs, shift, scale)
+    return VideoAutoencoderPipeline(**kwargs, from_pretrained=from_pretrained)
 
 
 def cast_vae(vae: nn.Cell, dtype) -> nn.Cell:

@@ -11,7 +11,9 @@ compiled once and, before each call, its Parameters are pointed at the tensors o
 Parameters hold; copying the ~170 MB of a block pair's weights with ``ops.assign`` cost ~0.1 s per
 pair). Peak memory: ~2 block graphs + the weights.
 
-Inference only (no gradients). Equality with the model's own forward: benchmarks/stdit.py --check.
+An execution strategy for inference on the CPU (no gradients), chosen by ``--blockwise``; on Ascend the
+whole-model graph reuses its memory and needs no such runner. Equality with the model's own forward:
+tests/test_stdit_blockwise.py and benchmarks/stdit.py --check.
 """
 from __future__ import annotations
 
@@ -44,14 +46,11 @@ class BlockwiseRunner:
             self.weights.append(per_kind)
         self.bound = [0, 0]
 
-    @property
-    def y_embedder(self):
-        return self.net.y_embedder
+    frame_conditioning = True  # STDiT3
 
-    def precompute_y_kv(self, y, mask=None):
-        """The caption's cross-attention keys/values of every block and the mask to use with them (once
-        per sampling run), see ``STDiTBase.precompute_y_kv``."""
-        return self.net.precompute_y_kv(y, mask)
+    def prepare_conditioning(self, y, mask=None) -> dict:
+        """The model's once-per-prompt-batch conditioning (the caption keys/values of every block)."""
+        return self.net.prepare_conditioning(y, mask)
 
     def _bind(self, kind, i):
         if self.bound[kind] != i:
@@ -59,19 +58,22 @@ class BlockwiseRunner:
                 slot.set_data(tensor)
             self.bound[kind] = i
 
-    def __call__(self, x, timestep, y, mask=None, x_mask=None, fps=None, height=None, width=None, y_kv=None):
+    def __call__(self, x, timestep, y, mask=None, x_mask=None, fps=None, height=None, width=None, y_kv=None,
+                 **kwargs):
         net = self.net
-        x, cond, t, t_mlp, t0, t0_mlp, attn_mask, rope, y_kv, sizes = net.prepare(
-            x, timestep, y, mask, x_mask, fps, height, width, y_kv)
-        rope = ms.mutable(rope)  # a tuple of fresh tensors would be a graph constant: a recompile per call
+        p = net.prepare(x, timestep, y, mask, x_mask, fps, height, width, y_kv)
+        rope = ms.mutable(p["rope"])  # a tuple of fresh tensors would be a graph constant: a recompile per call
         spatial, temporal = self.executors
-        for i in range(self.depth):
-            kv_s = None if y_kv is None else y_kv[i]
-            kv_t = None if y_kv is None else y_kv[self.depth + i]
-            self._bind(0, i)
-            x = spatial(x, cond, t_mlp, attn_mask, x_mask, t0_mlp, None, kv_s)
-            self._bind(1, i)
-            x = temporal(x, cond, t_mlp, attn_mask, x_mask, t0_mlp, rope, kv_t)
-        self._bind(0, 0)  # leave the model intact (the next call starts with block 0: no extra copy)
-        self._bind(1, 0)
-        return net.finish(x, t, x_mask, t0, sizes)
+        x, y_kv = p["tokens"], p["y_kv"]
+        common = dict(mask=p["mask"], x_mask=x_mask, t0=p["t0_mlp"])
+        try:
+            for i in range(self.depth):
+                self._bind(0, i)
+                x = spatial(x, p["cond"], p["t_mlp"], kv=None if y_kv is None else y_kv[i], **common)
+                self._bind(1, i)
+                x = temporal(x, p["cond"], p["t_mlp"], rope=rope, kv=None if y_kv is None else y_kv[self.depth + i],
+                             **common)
+        finally:  # leave the model intact, also when a block fails half-way (the next call starts at block 0)
+            self._bind(0, 0)
+            self._bind(1, 0)
+        return net.finish(x, p["t"], x_mask, p["t0"], p["sizes"])

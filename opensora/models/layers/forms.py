@@ -1,0 +1,313 @@
+"""The ONE place for backend-specific formulations of the same arithmetic, and the one switch that picks them.
+
+MindSpore's CPU backend has slow kernels in a few places, found with its per-op profiler on full-size
+models: its LayerNorm kernel is single-threaded (8-9 ms per (2160, 1152) call, 3 ms in torch), its
+broadcasting Mul/Add kernels are 3-4x slower than same-shape ones (a (2160, 1152) x (1, 1152) Mul 2.5 ms,
+the same-shape Mul 0.7 ms, a K=1 MatMul that materialises the broadcast 0.5 ms), ReduceMean on a 4-D
+tensor is slow, and its convolution is 10-30x slower than torch's for kernels larger than 1. There the
+layers compute the same arithmetic in other forms: row statistics and broadcasts as small MatMuls,
+RoPE's pair rotation as an exact ±1 MatMul, convolutions as sums of 1x1 convolutions over the kernel
+taps. Ascend and GPU keep the native operators (fused kernels; a float32 MatMul may run in reduced
+precision on Ascend, so the MatMul forms are not used there), and only Ascend has flash attention.
+
+The switch: the runtime calls :func:`set_backend` once (``opensora.runtime.init_runtime``); code that
+never initialises a runtime (tests, notebooks) gets MindSpore's context device. Cells pick their
+formulation when they are **built** (:meth:`Formulation.chosen`: a Python function held by the cell, a
+constant of its compiled graph), so build a model after the switch is set; tests build the same model
+under both with :func:`formulations`. Model files never name a backend: they use the layer cells.
+Every pair below is tested against the PyTorch operator (tests/test_layers_norm.py, test_vae_conv.py)
+and, through the models, against the references.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+
+import mindspore as ms
+from mindspore import ops
+
+BACKENDS = ("CPU", "GPU", "Ascend")
+_backend: str | None = None  # set by the runtime; None: MindSpore's context at first use
+_cpu_override: bool | None = None  # tests: formulations(cpu=...)
+
+
+def set_backend(device_target: str) -> None:
+    """Called once by the runtime with the device it set up."""
+    global _backend
+    if device_target not in BACKENDS:
+        raise ValueError(f"device_target must be one of {BACKENDS}, got {device_target!r}")
+    _backend = device_target
+
+
+def backend() -> str:
+    """The device the models are built for: the runtime's, or MindSpore's context when none was set."""
+    return _backend if _backend is not None else ms.get_context("device_target")
+
+
+def cpu_forms() -> bool:
+    """True when the layers take the CPU backend's formulations."""
+    return backend() == "CPU" if _cpu_override is None else _cpu_override
+
+
+@contextlib.contextmanager
+def formulations(cpu: bool):
+    """Build cells with the CPU (``cpu=True``) or the native (``False``) formulations, whatever the device:
+    for tests that check both forms on one machine."""
+    global _cpu_override
+    saved, _cpu_override = _cpu_override, bool(cpu)
+    try:
+        yield
+    finally:
+        _cpu_override = saved
+
+
+def flash_attention_available() -> bool:
+    """Ascend's fused attention kernel (``ops.flash_attention_score``) exists on Ascend only."""
+    return backend() == "Ascend"
+
+
+def bfloat16_compute_available(device_target: str | None = None) -> bool:
+    """MindSpore's CPU backend casts to bfloat16 but computes nothing in it (no matmul, norm or softmax).
+    ``device_target``: ask for that device (e.g. a config's, before the runtime is set up)."""
+    return (device_target or backend()) != "CPU"
+
+
+class Formulation:
+    """Two implementations of one computation with the same signature and the same numbers up to float
+    rounding: ``plain`` (native operators: Ascend, GPU) and ``cpu`` (the CPU backend's forms)."""
+
+    def __init__(self, plain, cpu):
+        self.plain, self.cpu = plain, cpu
+
+    def chosen(self):
+        """The implementation for cells built now (see the module docstring)."""
+        return self.cpu if cpu_forms() else self.plain
+
+
+# ---------------------------------------------------------------------------------------------------------
+# helpers of the CPU forms
+# ---------------------------------------------------------------------------------------------------------
+_batch_matmul = ops.BatchMatMul()
+
+
+def _prod(values) -> int:
+    out = 1
+    for v in values:
+        out = out * v
+    return out
+
+
+def expand_rows(p, shape):
+    """``p`` (..., 1, C), broadcastable to ``shape`` (..., R, C), materialised at ``shape`` as a batched K=1
+    MatMul with a column of ones: on the CPU backend a Mul of two ``shape`` tensors plus this is faster
+    than one broadcasting Mul."""
+    lead, rows, c = tuple(shape[:-2]), shape[-2], shape[-1]
+    groups = _prod(lead)
+    p = ops.broadcast_to(p, lead + (1, c)).reshape(groups, 1, c)
+    return _batch_matmul(ops.ones((groups, rows, 1), p.dtype), p).reshape(shape)
+
+
+def _row_mean(h):
+    """(M, C) float32 -> (M, 1) row means, as a MatMul with a column of 1/C (the CPU's ReduceMean is slow)."""
+    c = h.shape[-1]
+    return ops.matmul(h, ops.full((c, 1), 1.0 / c, dtype=ms.float32))
+
+
+def _centred_inv_std(x, eps: float):
+    """x (..., C) -> x - mean as float32 (M, C), and 1/std (M, 1): the CPU form of the row statistics."""
+    c = x.shape[-1]
+    h = x.astype(ms.float32).reshape(-1, c)
+    h = h - ops.matmul(_row_mean(h), ops.ones((1, c), ms.float32))  # the column broadcast as a K=1 MatMul
+    return h, ops.rsqrt(_row_mean(h * h) + eps)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# layer norm over the last dimension, computed in float32, returned in the input dtype
+# ---------------------------------------------------------------------------------------------------------
+def _layer_norm_plain(x, weight, bias, eps: float):
+    """``weight``/``bias``: float32 (C,) tensors (ones / zeros when the norm has no affine parameters)."""
+    norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=eps)
+    out, _, _ = norm(x.astype(ms.float32), weight, bias)
+    return out.astype(x.dtype)
+
+
+def _layer_norm_cpu(x, weight, bias, eps: float):
+    centred, inv_std = _centred_inv_std(x, eps)
+    out = ops.bias_add(centred * ops.matmul(inv_std, weight.reshape(1, -1)), bias)
+    return out.reshape(x.shape).astype(x.dtype)
+
+
+LAYER_NORM = Formulation(_layer_norm_plain, _layer_norm_cpu)
+
+
+def _modulated_norm_plain(x, shift, scale, eps: float):
+    """DiT's ``layer_norm(x)·(1+scale)+shift`` without affine parameters; ``shift``/``scale`` (..., 1, C)."""
+    c = x.shape[-1]
+    norm = _layer_norm_plain(x, ops.ones((c,), ms.float32), ops.zeros((c,), ms.float32), eps)
+    return norm * (1 + scale) + shift
+
+
+def _modulated_norm_cpu(x, shift, scale, eps: float):
+    """(x - mean) · [1/std ⊗ (1+scale)] + shift: the outer product is one batched K=1 MatMul per group of rows
+    sharing a modulation (per sample, or per frame under an x_mask). float32 inside, cast once."""
+    centred, inv_std = _centred_inv_std(x, eps)
+    lead, rows, c = x.shape[:-2], x.shape[-2], x.shape[-1]
+    groups = _prod(lead)
+    factor = ops.broadcast_to(1 + scale.astype(ms.float32), lead + (1, c)).reshape(groups, 1, c)
+    out = centred.reshape(groups, rows, c) * _batch_matmul(inv_std.reshape(groups, rows, 1), factor)
+    return (out.reshape(x.shape) + expand_rows(shift.astype(ms.float32), x.shape)).astype(x.dtype)
+
+
+MODULATED_NORM = Formulation(_modulated_norm_plain, _modulated_norm_cpu)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# RMS norm (T5 / QK norm): float32 statistics
+# ---------------------------------------------------------------------------------------------------------
+def _rms_norm_plain(h, weight, eps: float):
+    """``h`` float32 (..., D), ``weight`` float32 (D,) -> float32 ``h / rms(h) · weight``."""
+    return h * (ops.rsqrt((h * h).mean(axis=-1, keep_dims=True) + eps) * weight)
+
+
+def _rms_norm_cpu(h, weight, eps: float):
+    d = h.shape[-1]
+    inv_rms = ops.rsqrt(_row_mean((h * h).reshape(-1, d)) + eps)
+    return h * ops.matmul(inv_rms, weight.reshape(1, d)).reshape(h.shape)  # one full-size product
+
+
+RMS_NORM = Formulation(_rms_norm_plain, _rms_norm_cpu)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# adaLN gates: gate (..., 1, C) times a residual branch y (..., R, C)
+# ---------------------------------------------------------------------------------------------------------
+def _gate_plain(gate, y):
+    return gate * y
+
+
+def _gate_cpu(gate, y):
+    return expand_rows(gate, y.shape) * y
+
+
+GATE = Formulation(_gate_plain, _gate_cpu)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# rotary embeddings on interleaved pairs: x·cos + rotate_half(x)·sin, rotate_half(a, b) = (-b, a)
+# ---------------------------------------------------------------------------------------------------------
+def rotate_half_matrix(dim: int) -> np.ndarray:
+    """x @ R maps each interleaved pair (a, b) to (-b, a): 0 and ±1, exact in float32."""
+    matrix = np.zeros((dim, dim), np.float32)
+    pairs = np.arange(0, dim, 2)
+    matrix[pairs + 1, pairs] = -1.0
+    matrix[pairs, pairs + 1] = 1.0
+    return matrix
+
+
+def _rope_tables_plain(cos, sin, shape):
+    return cos, sin
+
+
+def _rope_tables_cpu(cos, sin, shape):
+    """cos and sin broadcast to the (B, H, N, D) ``shape`` once for q and k: same-shape Muls afterwards."""
+    return ops.broadcast_to(cos, shape), ops.broadcast_to(sin, shape)
+
+
+ROPE_TABLES = Formulation(_rope_tables_plain, _rope_tables_cpu)
+
+
+def _rotate_pairs_plain(x, matrix):
+    """float32 (..., D) -> the pairs (a, b) mapped to (-b, a), by slicing (``matrix`` unused)."""
+    shape = x.shape
+    pairs = x.reshape(shape[:-1] + (shape[-1] // 2, 2))
+    return ops.cat((-pairs[..., 1:2], pairs[..., 0:1]), axis=-1).reshape(shape)
+
+
+def _rotate_pairs_cpu(x, matrix):
+    """The same map as one small exact MatMul with :func:`rotate_half_matrix` (~2x faster on the CPU)."""
+    shape = x.shape
+    return ops.matmul(x.reshape(-1, shape[-1]), matrix).reshape(shape)
+
+
+ROTATE_PAIRS = Formulation(_rotate_pairs_plain, _rotate_pairs_cpu)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# convolution (groups 1, symmetric zero padding), N-D as 3-D: a 2-D convolution is one over a depth of 1
+# ---------------------------------------------------------------------------------------------------------
+# Below this many multiply-adds per call the native CPU convolution is as fast as the taps (2 cores)
+TAPS_MIN_MACS = 3e7
+
+
+def kernel_taps(kernel_size) -> tuple:
+    """Every index of a kernel, e.g. (3, 3) -> ((0, 0), (0, 1), ..., (2, 2))."""
+    return tuple(tuple(int(i) for i in tap) for tap in np.ndindex(*kernel_size))
+
+
+def _out_size(size, kernel, stride, dilation):
+    return (size - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def conv_by_taps(x, weight, bias, stride, padding, dilation, taps):
+    """A 3-D convolution as a sum over the kernel taps of 1x1 convolutions of strided views of the input.
+
+    ``x`` (N, C, D, H, W), ``weight`` (O, C, *K), ``taps`` = :func:`kernel_taps` of K. Peak memory is
+    about one padded input plus one view and two outputs (no im2col copy of the whole input).
+    """
+    x = ops.pad(x, (padding[2], padding[2], padding[1], padding[1], padding[0], padding[0]))
+    n, c = x.shape[0], x.shape[1]
+    od = _out_size(x.shape[2], weight.shape[2], stride[0], dilation[0])
+    oh = _out_size(x.shape[3], weight.shape[3], stride[1], dilation[1])
+    ow = _out_size(x.shape[4], weight.shape[4], stride[2], dilation[2])
+    out = None
+    for tap in taps:
+        d0 = tap[0] * dilation[0]
+        h0 = tap[1] * dilation[1]
+        w0 = tap[2] * dilation[2]
+        view = x[:, :, d0:d0 + (od - 1) * stride[0] + 1:stride[0], h0:h0 + (oh - 1) * stride[1] + 1:stride[1],
+                 w0:w0 + (ow - 1) * stride[2] + 1:stride[2]]
+        # (N, C, D, H, W) -> (N, C, D*H, W): a 1x1 convolution treats every position alike
+        view = view.reshape(n, c, od * oh, ow)
+        term = ops.conv2d(view, weight[:, :, tap[0], tap[1]:tap[1] + 1, tap[2]:tap[2] + 1])
+        out = term if out is None else out + term
+    out = out.reshape(n, weight.shape[0], od, oh, ow)
+    if bias is not None:
+        out = out + bias.reshape(1, -1, 1, 1, 1)
+    return out
+
+
+def conv_spec(dims: int, in_channels: int, out_channels: int, kernel_size, stride, padding, dilation,
+              groups: int) -> tuple:
+    """What a convolution cell fixes at build time, as the tuple the forms below take (graph-mode constants):
+    (dims, native (stride, padding, dilation, groups), taps (stride, padding, dilation, kernel taps) as 3-D
+    tuples (a 2-D convolution has a depth of 1), multiply-adds per output position)."""
+    depth = (1,) if dims == 2 else ()
+    kernel = depth + tuple(kernel_size)
+    taps = (depth + tuple(stride), (0,) * len(depth) + tuple(padding), depth + tuple(dilation), kernel_taps(kernel))
+    native = (tuple(stride), tuple(padding), tuple(dilation), groups)
+    return dims, native, taps, in_channels * out_channels * _prod(kernel)
+
+
+def _convolution_plain(x, weight, bias, spec, min_macs):
+    dims, (stride, padding, dilation, groups), _, _ = spec
+    conv = ops.conv2d if dims == 2 else ops.conv3d
+    return conv(x, weight, bias, stride, "pad", padding, dilation, groups)
+
+
+def _convolution_cpu(x, weight, bias, spec, min_macs):
+    """Sum of 1x1 convolutions over the kernel taps when the call is large enough to gain from it (below
+    ``min_macs`` multiply-adds the per-op cost of the taps outweighs the gain; groups other than 1 and 1x1
+    kernels keep the native op)."""
+    dims, native, (stride, padding, dilation, taps), macs_per_output = spec
+    positions = 1
+    for size in x.shape[2:]:  # input positions ~ output positions; static shapes in graph mode
+        positions = positions * size
+    if native[3] != 1 or len(taps) == 1 or x.shape[0] * positions * macs_per_output < min_macs:
+        return _convolution_plain(x, weight, bias, spec, min_macs)
+    if dims == 2:
+        return conv_by_taps(x.expand_dims(2), weight.expand_dims(2), bias, stride, padding, dilation, taps).squeeze(2)
+    return conv_by_taps(x, weight, bias, stride, padding, dilation, taps)
+
+
+CONVOLUTION = Formulation(_convolution_plain, _convolution_cpu)
