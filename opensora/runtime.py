@@ -33,6 +33,7 @@ class Runtime:
     jit_level: str
     rank_id: int = 0
     device_num: int = 1
+    builtin_optimizer_parallel: bool = False  # MindSpore shards the optimizer state (Ascend/GPU), not ZeRO-1 here
 
     @property
     def distributed(self) -> bool:
@@ -62,14 +63,16 @@ def init_runtime(
     distributed: bool = False,
     parallel_mode: str = "data",
     debug: bool = False,
+    builtin_optimizer_parallel: bool = False,
 ) -> Runtime:
     """Set device, mode, jit level, seed and (under msrun) the communication group.
 
     ``mode`` is "graph" (default: sampling and training steps are compiled) or "pynative"
     (eager, for debugging). ``distributed=True`` must run under ``msrun``: it initialises the
     collective backend (HCCL on Ascend, NCCL on GPU, MCCL on CPU) and sets data parallel with
-    gradient averaging; optimizer sharding (ZeRO-1) is done by :mod:`opensora.training.zero`
-    on top of plain collectives because MindSpore's built-in one is Ascend/GPU only.
+    gradient averaging. Optimizer sharding (ZeRO-1) is done by ``opensora.training.parallel`` on top of plain
+    collectives, which every backend has; ``builtin_optimizer_parallel=True`` asks MindSpore's own
+    (``enable_parallel_optimizer``, Ascend/GPU only) instead: untested here, there is no such device.
     """
     global _CURRENT
     if device_target not in DEVICE_TARGETS:
@@ -100,10 +103,16 @@ def init_runtime(
         ms.set_auto_parallel_context(
             parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True, device_num=device_num
         )
+        if builtin_optimizer_parallel:
+            if not forms.builtin_optimizer_parallel_available():
+                raise ValueError(f"MindSpore's built-in optimizer parallel runs on Ascend/GPU, not {device_target}: "
+                                 "use the collective ZeRO-1 (zero_impl: collective)")
+            ms.set_auto_parallel_context(enable_parallel_optimizer=True)
     if seed is not None:
         set_seed(seed)
 
-    _CURRENT = Runtime(device_target, mode, jit_level, rank_id, device_num)
+    _CURRENT = Runtime(device_target, mode, jit_level, rank_id, device_num,
+                       builtin_optimizer_parallel and distributed)
     logger.info(
         "runtime: device=%s mode=%s jit=%s rank=%d/%d", device_target, mode, jit_level, rank_id, device_num
     )

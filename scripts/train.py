@@ -10,8 +10,8 @@ continues from the latest checkpoint in ``--outputs`` (or a given one). See ``--
 Parallel training (``--use_parallel True`` under msrun): data parallel, every rank reading its own
 shard of the data and gradients averaged with AllReduce; ``zero_stage: 1`` also shards the AdamW
 state (each rank updates its slice of every parameter, an AllGather rebuilds them). Both are built on
-AllReduce/AllGather, which every backend has (CPU included); MindSpore's built-in
-``enable_parallel_optimizer`` (Ascend/GPU only, needs a MindSpore ``nn.Optimizer``) is not used.
+AllReduce/AllGather, which every backend has (CPU included); ``zero_impl: builtin`` asks MindSpore's
+built-in ``enable_parallel_optimizer`` instead (Ascend/GPU only; untested on hardware).
 Outputs: ``<outputs>/train_log.csv`` (loss, lr, step time, samples/s, loss scale, grad norm per
 step) and ``<outputs>/checkpoints/step_XXXXXXXX/`` (model.ckpt and ema.ckpt load into the model /
 scripts/inference.py as they are).
@@ -47,7 +47,8 @@ def main(argv=None) -> list[float]:
 
     check_config(cfg)  # before any compile or data reading
     runtime = init_runtime_from(cfg, seed=cfg.seed, max_device_memory=cfg.max_device_memory,
-                                distributed=cfg.use_parallel)
+                                distributed=cfg.use_parallel,
+                                builtin_optimizer_parallel=cfg.zero_stage == 1 and cfg.zero_impl == "builtin")
     trainer = build_trainer(cfg, runtime)
     if cfg.resume:
         trainer.resume(cfg.resume)

@@ -24,6 +24,7 @@ from ..config import ConfigError
 from ..datasets.aspect import get_num_frames
 from ..datasets.embedding_cache import read_text_embedding
 from ..dtypes import canonical
+from ..models.layers import forms
 from ..models.stdit.stdit3 import STDiT3
 from ..models.vae.geometry import FrameCountError, geometry_of
 from ..schedulers.guidance import TextCondition
@@ -108,9 +109,9 @@ class InferencePipeline:
         if self.needs_vae():
             self.vae = components.build_vae(cfg.vae, rnd)
             if self.dtype != "float32":
-                from ..models.vae import cast_vae
+                from ..models.layers.precision import cast_parameters
 
-                cast_vae(self.vae, getattr(ms, self.dtype))
+                cast_parameters(self.vae, getattr(ms, self.dtype))  # upstream's vae.to(dtype)
         self.geometry = self.vae.geometry if self.vae is not None else geometry_of(cfg.vae)
         self.latent_size = self.geometry.latent_size((self.num_frames, *self.image_size))
         self.latent_channels = self.geometry.channels
@@ -211,8 +212,12 @@ class InferencePipeline:
                          for i in indices])
 
     def sampling_model(self):
-        """The model as the sampler calls it: itself, or block by block (``blockwise``, STDiT3)."""
+        """The model as the sampler calls it: itself, or block by block (``blockwise``, STDiT3). On Ascend the
+        model's blocks already share one compiled graph per kind (``forms.reused_graph``): no runner needed."""
         if not self.cfg.blockwise:
+            return self.model
+        if forms.backend() == "Ascend":
+            logger.info("blockwise: on Ascend the whole-model graph reuses its block graphs; running it whole")
             return self.model
         if self._blockwise is None:
             from .blockwise import BlockwiseRunner
@@ -224,8 +229,10 @@ class InferencePipeline:
         kwargs = model_size_args(self.cfg.multi_resolution, z.shape[0], self.image_size, self.num_frames, self.cfg.fps)
         gen = np.random.default_rng([self.cfg.seed, indices[0], k, loop_i, 1])
         t0 = time.perf_counter()
-        out = self.scheduler.sample(self.sampling_model(), ms.Tensor(z), text, kwargs, mask=mask, generator=gen,
-                                    progress_bar=self.cfg.verbose >= 2, dtype=getattr(ms, self.dtype))
+        dtype = getattr(ms, self.dtype)
+        z = ms.Tensor(z).astype(dtype).astype(ms.float32)  # upstream draws z in the model dtype; sampling is float32
+        out = self.scheduler.sample(self.sampling_model(), z, text, kwargs, mask=mask, generator=gen,
+                                    progress_bar=self.cfg.verbose >= 2, dtype=dtype)
         out = out.asnumpy()  # wait for the device
         self.stats.setdefault("sample_s", []).append(time.perf_counter() - t0)
         return ms.Tensor(out)

@@ -36,6 +36,9 @@ OPTIONS = [
     Option("use_parallel", str2bool, False, "data parallel under msrun (one process per device)"),
     Option("zero_stage", int, 0, "0: every rank keeps the full optimizer state; 1: ZeRO-1 sharded optimizer state",
            choices=(0, 1)),
+    Option("zero_impl", str, "collective", "ZeRO-1 by the project's collectives (every backend) or MindSpore's "
+           "built-in enable_parallel_optimizer (builtin: Ascend/GPU, untested on hardware)",
+           choices=("collective", "builtin")),
     Option("max_device_memory", optional(str), None, "e.g. 59GB (Ascend/GPU)"),
     Option("dataset_sink_mode", str2bool, False, "not supported by this Python data pipeline: must stay false"),
     # model
@@ -92,6 +95,8 @@ OPTIONS = [
     Option("outputs", str, "outputs/train", "output folder (logs, checkpoints)", aliases=("output_path",)),
     Option("ckpt_every", int, 1000, "save a checkpoint every N steps", aliases=("ckpt_save_steps",)),
     Option("ckpt_max_keep", int, 3, "keep the last K checkpoints"),
+    Option("save_dtype", str, "fp32", "dtype of the model and EMA weights in checkpoints (the float32 master "
+           "weights by default; fp16/bf16 halve the files; the optimizer state stays float32)", choices=DTYPE_CHOICES),
     Option("resume", optional(str), None, "true/latest: the latest checkpoint in outputs; or a checkpoint path"),
     Option("log_every", int, 10, "log line every N steps", aliases=("log_interval",)),
     Option("progress_bar", str2bool, True, "show a progress bar"),

@@ -33,6 +33,10 @@ def check_config(cfg: Config) -> None:
         raise ConfigError("bucket_config resizes every clip to its bucket, which needs the raw videos: use "
                           "--video_folder with buckets, or drop bucket_config to train on cached latents "
                           "(one size, the one infer_vae.py cached)")
+    if cfg.zero_impl == "builtin" and cfg.zero_stage == 1 and \
+            not forms.builtin_optimizer_parallel_available(cfg.device_target):
+        raise ConfigError("zero_impl builtin (MindSpore's enable_parallel_optimizer) runs on Ascend/GPU only; "
+                          "use zero_impl collective on the CPU")
     if canonical(cfg.dtype) == "bfloat16" and not forms.bfloat16_compute_available(cfg.device_target):
         raise ConfigError("dtype bf16 has no CPU kernels in MindSpore; use fp32 (or fp16) on the CPU")
     if not cfg.text_embed_folder:
@@ -48,6 +52,7 @@ def build_model(cfg: Config):
 
     kwargs = dict(cfg.model)
     kwargs.setdefault("dtype", canonical(cfg.dtype))
+    kwargs.setdefault("weights_dtype", "float32")  # float32 master weights; the layers compute in dtype
     if kwargs["type"].startswith("STDiT-") and not kwargs.get("input_size"):
         # STDiT 1.0 has a fixed latent size (upstream: vae.get_latent_size)
         kwargs["input_size"] = tuple(vae_geometry(cfg).latent_size((cfg.num_frames, *_image_size(cfg))))
@@ -150,8 +155,10 @@ def build_trainer(cfg: Config, runtime) -> Trainer:
         lr_schedule=cfg.lr_schedule, end_lr=cfg.end_lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas),
         adam_eps=cfg.adam_eps, grad_clip=cfg.grad_clip, ema_decay=cfg.ema_decay if cfg.use_ema else None,
         loss_scaler_type=cfg.loss_scaler_type, init_loss_scale=cfg.init_loss_scale,
-        loss_scale_factor=cfg.loss_scale_factor, scale_window=cfg.scale_window, zero_stage=cfg.zero_stage,
-        ckpt_every=cfg.ckpt_every, ckpt_max_keep=cfg.ckpt_max_keep, log_interval=cfg.log_every, seed=cfg.seed,
+        loss_scale_factor=cfg.loss_scale_factor, scale_window=cfg.scale_window,
+        zero_stage=0 if runtime.builtin_optimizer_parallel else cfg.zero_stage,  # MindSpore shards it then
+        ckpt_every=cfg.ckpt_every, ckpt_max_keep=cfg.ckpt_max_keep, save_dtype=canonical(cfg.save_dtype),
+        log_interval=cfg.log_every, seed=cfg.seed,
         class_dropout_prob=float(getattr(y_embedder, "uncond_prob", 0.0) or 0.0), mask_ratios=cfg.mask_ratios,
         progress_bar=cfg.progress_bar and runtime.rank_id == 0,
         extra_meta={"config": cfg.config, "model": cfg.model.get("type")})

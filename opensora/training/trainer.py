@@ -48,6 +48,7 @@ class TrainOptions:
     zero_stage: int = 0
     ckpt_every: int = 1000
     ckpt_max_keep: int = 3
+    save_dtype: str = "float32"  # of model.ckpt and ema.ckpt
     log_interval: int = 10
     seed: int = 42
     class_dropout_prob: float = 0.0
@@ -127,17 +128,22 @@ class Trainer:
     def _train_state(self) -> dict:
         return {p.name: p.value() for p in self.optimizer.state_parameters() + self.scaler.state_parameters()}
 
+    def _weights(self, state: dict) -> dict:
+        """Model or EMA weights as checkpoints hold them (``save_dtype``: float32 master weights by default)."""
+        dtype = getattr(ms, self.opts.save_dtype)
+        return {k: v.astype(dtype) if v.dtype in (ms.float32, ms.float16, ms.bfloat16) else v for k, v in state.items()}
+
     def _ema_state(self) -> dict | None:
         if self.ema is None:
             return None
         state = {p.name: p.value() for p in self.model.get_parameters()}  # non-trainable ones as they are
         state.update(self.ema.plain_state())
-        return state
+        return self._weights(state)
 
     def save(self) -> str:
         meta = {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "zero_stage": self.opts.zero_stage,
                 "seed": self.opts.seed, "loss_scale": float(self.scaler.scale_value.asnumpy()), **self.opts.extra_meta}
-        model_state = {p.name: p.value() for p in self.model.get_parameters()}
+        model_state = self._weights({p.name: p.value() for p in self.model.get_parameters()})
         path = self.ckpt.save(self.global_step, model_state, self._ema_state(), self._train_state(), meta,
                               shard_state=self.optimizer.shard)
         if self.rank == 0:

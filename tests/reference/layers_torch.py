@@ -1,6 +1,12 @@
 """Small PyTorch reference of upstream Open-Sora's shared layers (opensora/models/layers/blocks.py of
 v1.0/1.1/1.2, timm's Mlp, rotary_embedding_torch, xformers' packed cross attention), written from
-their behaviour for the parity tests. Official parameter names; float32; no flash / apex / xformers.
+their behaviour for the parity tests. Official parameter names; no flash / apex / xformers.
+
+Half precision as upstream runs it (``model.half()`` / ``.to(bf16)``): buffers and parameters are converted
+with the module, so the RoPE frequencies and the 2-D position table's inverse frequencies are rounded to
+the model dtype before use; the math attention computes QK^T in the model dtype and the softmax in float32;
+xformers' memory-efficient attention (the cross attention) accumulates in float32; norms compute their
+statistics in float32 and return the input dtype. In float32 all of this is plain float32 arithmetic.
 """
 from __future__ import annotations
 
@@ -57,12 +63,15 @@ class RotaryEmbedding(nn.Module):
                                   requires_grad=False)
 
     def rotate_queries_or_keys(self, t):
+        # rotary_embedding_torch 0.5.3: positions in t's dtype, then the frequencies' dtype (the module's:
+        # half after .half()); angles, cos, sin and the rotation in that dtype
         n = t.shape[-2]
-        ang = torch.einsum("i,f->if", torch.arange(n, dtype=torch.float32), self.freqs)
+        pos = torch.arange(n, dtype=t.dtype).type(self.freqs.dtype)
+        ang = torch.einsum("i,f->if", pos, self.freqs)
         ang = torch.repeat_interleave(ang, 2, dim=-1)
         pairs = t.reshape(*t.shape[:-1], -1, 2)
         rot = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).reshape(t.shape)
-        return (t * ang.cos() + rot * ang.sin()).type(t.dtype)
+        return t * ang.cos() + rot * ang.sin()
 
 
 class Attention(nn.Module):
@@ -85,7 +94,8 @@ class Attention(nn.Module):
         q, k = self.q_norm(q), self.k_norm(k)
         if not self.qk_norm_legacy and self.rotary_emb is not None:
             q, k = self.rotary_emb(q), self.rotary_emb(k)
-        attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(-1)  # float32 in these tests (upstream: fp32 softmax)
+        dtype = q.dtype  # upstream's math path: scores in the model dtype, softmax in float32, cast back
+        attn = ((q * self.scale) @ k.transpose(-2, -1)).to(torch.float32).softmax(-1).to(dtype)
         x = (attn @ v).transpose(1, 2).reshape(B, N, C)
         return self.proj(x)
 
@@ -98,9 +108,10 @@ def packed_attention(q, k, v, q_lens, kv_lens):
     for nq, nk in zip(q_lens, kv_lens):
         bias[qs:qs + nq, ks:ks + nk] = 0
         qs, ks = qs + nq, ks + nk
-    q, k, v = (t.permute(0, 2, 1, 3) for t in (q, k, v))
+    dtype = q.dtype  # xformers accumulates in float32 and returns the input dtype
+    q, k, v = (t.permute(0, 2, 1, 3).float() for t in (q, k, v))
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]) + bias
-    return (scores.softmax(-1) @ v).permute(0, 2, 1, 3)
+    return (scores.softmax(-1) @ v).permute(0, 2, 1, 3).to(dtype)
 
 
 class MultiHeadCrossAttention(nn.Module):
@@ -185,33 +196,37 @@ class T2IFinalLayer(nn.Module):
 
     def forward(self, x, t, x_mask=None, t0=None, T=None, S=None):
         shift, scale = (self.scale_shift_table[None] + t[:, None]).chunk(2, dim=1)
-        out = t2i_modulate(self.norm_final(x), shift, scale)
+        x = t2i_modulate(self.norm_final(x), shift, scale)
         if x_mask is not None:
+            # upstream's quirk: x was reassigned above, so the t=0 branch normalises and modulates the
+            # already-modulated tokens (norm and modulation twice for the frames x_mask leaves out)
             shift0, scale0 = (self.scale_shift_table[None] + t0[:, None]).chunk(2, dim=1)
-            out = t_mask_select(x_mask, out, t2i_modulate(self.norm_final(x), shift0, scale0), T, S)
-        return self.linear(out)
+            x = t_mask_select(x_mask, x, t2i_modulate(self.norm_final(x), shift0, scale0), T, S)
+        return self.linear(x)
 
 
 class PositionEmbedding2D(nn.Module):
-    """Upstream's PositionEmbedding2D (1.1/1.2), written in torch float32."""
+    """Upstream's PositionEmbedding2D (1.1/1.2): ``inv_freq`` is a (non-persistent) buffer, so ``.half()`` rounds
+    it; the positions are float32 and the table is cast to the model dtype (``dtype``) at the end."""
 
     def __init__(self, dim):
         super().__init__()
         half = dim // 2
-        self.inv_freq = 1.0 / (10000 ** (torch.arange(0, half, 2).float() / half))
+        self.register_buffer("inv_freq", 1.0 / (10000 ** (torch.arange(0, half, 2).float() / half)), persistent=False)
 
     def _sincos(self, t):
-        out = torch.einsum("i,d->id", t, self.inv_freq)
+        out = torch.einsum("i,d->id", t, self.inv_freq.float())  # the rounded frequencies, float32 positions
         return torch.cat((out.sin(), out.cos()), dim=-1)
 
-    def forward(self, h, w, scale=1.0, base_size=None):
+    def forward(self, h, w, scale=1.0, base_size=None, dtype=torch.float32):
         gh = torch.arange(h) / scale
         gw = torch.arange(w) / scale
         if base_size is not None:
             gh = gh * (base_size / h)
             gw = gw * (base_size / w)
         a, b = torch.meshgrid(gw, gh, indexing="ij")  # (w, h): w goes first, as upstream
-        return torch.cat([self._sincos(a.t().reshape(-1)), self._sincos(b.t().reshape(-1))], -1).unsqueeze(0)
+        table = torch.cat([self._sincos(a.t().reshape(-1)), self._sincos(b.t().reshape(-1))], -1).unsqueeze(0)
+        return table.to(dtype)
 
 
 def sincos_2d_numpy(dim, h, w, scale=1.0):

@@ -84,6 +84,8 @@ class STDiT2(nn.Module):
 
     def forward(self, x, timestep, y, mask=None, x_mask=None, num_frames=None, height=None, width=None, ar=None,
                 fps=None, force_drop_ids=None):
+        dtype = self.x_embedder.proj.weight.dtype  # upstream: inputs in the model dtype
+        x, timestep, y = x.to(dtype), timestep.to(dtype), y.to(dtype)
         B = x.shape[0]
         hw = torch.cat([height[:, None], width[:, None]], dim=1)
         rs = (height[0].item() * width[0].item()) ** 0.5
@@ -93,14 +95,14 @@ class STDiT2(nn.Module):
         pt, ph, pw = self.patch_size
         T, H, W = -(-Tx // pt), -(-Hx // ph), -(-Wx // pw)
         S = H * W
-        pos_emb = self.pos_embed(H, W, scale=rs / self.input_sq_size, base_size=round(S ** 0.5))
+        pos_emb = self.pos_embed(H, W, scale=rs / self.input_sq_size, base_size=round(S ** 0.5), dtype=dtype)
         x = (self.x_embedder(x).view(B, T, S, -1) + pos_emb).reshape(B, T * S, -1)
-        t = self.t_embedder(timestep)
+        t = self.t_embedder(timestep, dtype=x.dtype)
         t_spc_mlp = self.t_block(t + data_info)
         t_tmp_mlp = self.t_block_temp(t + fl)
         t0_spc = t0_spc_mlp = t0_tmp_mlp = None
         if x_mask is not None:
-            t0 = self.t_embedder(torch.zeros_like(timestep))
+            t0 = self.t_embedder(torch.zeros_like(timestep), dtype=x.dtype)
             t0_spc = t0 + data_info
             t0_spc_mlp = self.t_block(t0_spc)
             t0_tmp_mlp = self.t_block_temp(t0 + fl)

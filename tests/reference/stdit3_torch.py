@@ -78,21 +78,23 @@ class STDiT3(nn.Module):
 
     def forward(self, x, timestep, y, mask=None, x_mask=None, fps=None, height=None, width=None,
                 force_drop_ids=None):
+        dtype = self.x_embedder.proj.weight.dtype  # upstream: inputs in the model dtype
+        x, timestep, y = x.to(dtype), timestep.to(dtype), y.to(dtype)
         B = x.shape[0]
         _, _, Tx, Hx, Wx = x.shape
         pt, ph, pw = self.patch_size
         T, H, W = -(-Tx // pt), -(-Hx // ph), -(-Wx // pw)
         S = H * W
         scale = (height[0].item() * width[0].item()) ** 0.5 / self.input_sq_size
-        pos_emb = self.pos_embed(H, W, scale=scale, base_size=round(S ** 0.5))
+        pos_emb = self.pos_embed(H, W, scale=scale, base_size=round(S ** 0.5), dtype=dtype)
 
-        t = self.t_embedder(timestep)
+        t = self.t_embedder(timestep, dtype=x.dtype)
         fps = self.fps_embedder(fps.unsqueeze(1), B)
         t = t + fps
         t_mlp = self.t_block(t)
         t0 = t0_mlp = None
         if x_mask is not None:
-            t0 = self.t_embedder(torch.zeros_like(timestep)) + fps
+            t0 = self.t_embedder(torch.zeros_like(timestep), dtype=x.dtype) + fps
             t0_mlp = self.t_block(t0)
 
         y = self.y_embedder(y, False, force_drop_ids)

@@ -62,10 +62,12 @@ class STDiT(nn.Module):
         self.final_layer = T2IFinalLayer(hidden_size, int(np.prod(patch_size)), self.out_channels)
 
     def forward(self, x, timestep, y, mask=None, force_drop_ids=None):
+        dtype = self.x_embedder.proj.weight.dtype  # upstream: inputs in the model dtype
+        x, timestep, y = x.to(dtype), timestep.to(dtype), y.to(dtype)
         B = x.shape[0]
         x = self.x_embedder(x).view(B, self.num_temporal, self.num_spatial, -1) + self.pos_embed
         x = x.reshape(B, self.num_temporal * self.num_spatial, -1)
-        t = self.t_embedder(timestep)
+        t = self.t_embedder(timestep, dtype=x.dtype)
         t0 = self.t_block(t)
         y = self.y_embedder(y, False, force_drop_ids)
         y, y_lens = pack_captions(y, mask, self.hidden_size)

@@ -139,7 +139,9 @@ class Attention(nn.Cell):
         return self.proj(out.transpose(0, 3, 1, 2, 4).reshape(b, nt, ns, c))
 
     def _attend(self, q, k, v, rope):
-        """(B, H, N, D) queries, keys, values -> (B, H, N, D)."""
+        """(B, H, N, D) queries, keys, values -> (B, H, N, D), as upstream's ``Attention``: the math path computes
+        the scores in the model dtype and the softmax in float32; flash attention only when the sequence is
+        longer than the batch (upstream's rule: so temporal attention takes the math path)."""
         if self.rope:
             cos, sin, matrix = rope
             cos, sin = self._rope_tables(cos, sin, q.shape)  # shared by q and k
@@ -151,13 +153,15 @@ class Attention(nn.Cell):
             scale = 1.0
         if self.rope and not self.qk_norm_legacy:
             q, k = self._rotary(q, cos, sin, matrix), self._rotary(k, cos, sin, matrix)
-        return attention(q, k, v, None, scale, self.use_flash)
+        use_flash = self.use_flash and q.shape[2] > q.shape[0]  # static shapes: a constant of the graph
+        return attention(q, k, v, None, scale, use_flash, scores_in_input_dtype=True)
 
     def _rotary(self, x, cos, sin, matrix):
-        """Rotate (..., n, d) by the (n, d) tables in float32: x·cos + rotate_half(x)·sin, rotate_half(a, b) =
-        (-b, a) on each interleaved pair (``matrix``: that map, for the CPU backend's form)."""
-        h = x.astype(ms.float32)
-        return (h * cos + self._rotate_pairs(h, matrix) * sin).astype(x.dtype)
+        """Rotate (..., n, d) by the (n, d) tables: x·cos + rotate_half(x)·sin, rotate_half(a, b) = (-b, a) on each
+        interleaved pair (``matrix``: that map, for the CPU backend's form), in the tables' dtype (the model's,
+        as rotary_embedding_torch computes in the dtype of its frequencies)."""
+        h = x.astype(cos.dtype)
+        return (h * cos + self._rotate_pairs(h, matrix.astype(cos.dtype)) * sin).astype(x.dtype)
 
 
 def _split_heads(x, num_heads):
@@ -215,10 +219,15 @@ class T2IFinalLayer(nn.Cell):
 
     def construct(self, x, t, x_mask=None, t0=None):
         # upstream: (table[None] + t[:, None]).chunk(2): the same (B, C) embedding is added to both rows
-        t = ops.tile(t, (1, 2))
-        t0 = ops.tile(t0, (1, 2)) if t0 is not None else None
-        shift, scale = frame_modulations(self.scale_shift_table, t, 2, x_mask, t0)
-        return self.linear(self.norm_final.modulate(x, shift, scale))
+        shift, scale = modulation_params(self.scale_shift_table, ops.tile(t, (1, 2)), 2)
+        x = self.norm_final.modulate(x, shift, scale)
+        if x_mask is not None:
+            # upstream's quirk, reproduced: its x was reassigned to the modulated tokens, so the t=0 branch
+            # normalises and modulates those again (twice for the frames x_mask leaves out)
+            shift0, scale0 = modulation_params(self.scale_shift_table, ops.tile(t0, (1, 2)), 2)
+            keep = x_mask.astype(ms.bool_).reshape(x_mask.shape[0], x_mask.shape[1], 1, 1)
+            x = ops.where(keep, x, self.norm_final.modulate(x, shift0, scale0))
+        return self.linear(x)
 
 
 def scale_shift_table(rows: int, hidden_size: int) -> Parameter:

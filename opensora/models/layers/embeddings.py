@@ -199,19 +199,23 @@ class PositionEmbedding2D(nn.Cell):
         exponent = (np.arange(0, half, 2, dtype=np.float32) / np.float32(half)).astype(np.float64)
         self._inv_freq = Tensor((1.0 / 10000 ** exponent).astype(np.float32), ms.float32)
 
-    def _sin_cos(self, pos):
-        out = pos.reshape(-1, 1) * self._inv_freq.reshape(1, -1)
+    @staticmethod
+    def _sin_cos(pos, inv_freq):
+        out = pos.reshape(-1, 1) * inv_freq.reshape(1, -1)
         return ops.cat((ops.sin(out), ops.cos(out)), axis=-1)
 
-    def construct(self, h: int, w: int, scale=1.0, base_size=None):
+    def construct(self, h: int, w: int, scale=1.0, base_size=None, dtype=ms.float32):
+        """The table (1, h·w, dim) in ``dtype``. Upstream's inverse frequencies are a buffer converted with the
+        model, so in half precision they are rounded to it before the (float32) angles: reproduced."""
+        inv_freq = self._inv_freq.astype(dtype).astype(ms.float32)
         grid_h = Tensor(np.arange(h, dtype=np.float32)) / scale
         grid_w = Tensor(np.arange(w, dtype=np.float32)) / scale
         if base_size is not None:
             grid_h = grid_h * (base_size / h)
             grid_w = grid_w * (base_size / w)
-        emb_w = ops.broadcast_to(self._sin_cos(grid_w).reshape(1, w, -1), (h, w, self.dim // 2))
-        emb_h = ops.broadcast_to(self._sin_cos(grid_h).reshape(h, 1, -1), (h, w, self.dim // 2))
-        return ops.cat((emb_w, emb_h), axis=-1).reshape(1, h * w, self.dim)
+        emb_w = ops.broadcast_to(self._sin_cos(grid_w, inv_freq).reshape(1, w, -1), (h, w, self.dim // 2))
+        emb_h = ops.broadcast_to(self._sin_cos(grid_h, inv_freq).reshape(h, 1, -1), (h, w, self.dim // 2))
+        return ops.cat((emb_w, emb_h), axis=-1).reshape(1, h * w, self.dim).astype(dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -233,9 +237,11 @@ class RotaryEmbedding(nn.Cell):
         self.freqs = Parameter(Tensor(freqs.astype(np.float32)), name="freqs", requires_grad=False)
         self._rotate_half = Tensor(rotate_half_matrix(dim))  # for the CPU backend's pair rotation (forms.py)
 
-    def tables(self, seq_len: int):
-        """(cos, sin, rotate_half): cos and sin (seq_len, dim) float32, and the (dim, dim) pair-rotation matrix."""
-        pos = Tensor(np.arange(seq_len, dtype=np.float32)).reshape(-1, 1)
-        angles = pos * self.freqs.astype(ms.float32).reshape(1, -1)  # (n, dim/2)
+    def tables(self, seq_len: int, dtype=ms.float32):
+        """(cos, sin, rotate_half): cos and sin (seq_len, dim) and the (dim, dim) pair-rotation matrix. As
+        rotary_embedding_torch in a model converted to ``dtype``: positions and frequencies rounded to it, the
+        angles and their cos/sin computed in it."""
+        pos = Tensor(np.arange(seq_len, dtype=np.float32)).reshape(-1, 1).astype(dtype)
+        angles = pos * self.freqs.astype(dtype).reshape(1, -1)  # (n, dim/2)
         angles = ops.broadcast_to(angles.reshape(seq_len, -1, 1), (seq_len, self.dim // 2, 2)).reshape(seq_len, -1)
         return ops.cos(angles), ops.sin(angles), self._rotate_half

@@ -67,6 +67,23 @@ def flash_attention_available() -> bool:
     return backend() == "Ascend"
 
 
+def builtin_optimizer_parallel_available(device_target: str | None = None) -> bool:
+    """MindSpore's own optimizer sharding (``enable_parallel_optimizer``) runs on Ascend and GPU only; the CPU
+    uses the project's collective ZeRO-1 (``training/parallel.py``). ``device_target``: ask for that device."""
+    return (device_target or backend()) in ("Ascend", "GPU")
+
+
+def reused_graph(cls):
+    """``cls`` (a block cell class) such that every instance shares one compiled graph: on Ascend a subclass
+    whose ``__init__`` is ``mindspore.lazy_inline``'d, so a whole model of many blocks compiles the block once
+    and reuses it (what the CPU backend's blockwise runner does by hand, ``inference/blockwise.py``);
+    elsewhere ``cls`` itself (``lazy_inline`` exists on Ascend only). Parameter names are unchanged."""
+    if backend() != "Ascend":
+        return cls
+    return type(cls.__name__, (cls,), {"__init__": ms.lazy_inline(cls.__init__), "__module__": cls.__module__,
+                                       "__doc__": cls.__doc__})
+
+
 def bfloat16_compute_available(device_target: str | None = None) -> bool:
     """MindSpore's CPU backend casts to bfloat16 but computes nothing in it (no matmul, norm or softmax).
     ``device_target``: ask for that device (e.g. a config's, before the runtime is set up)."""

@@ -120,11 +120,9 @@ class GroupNorm(nn.Cell):
 
 
 class RMSNorm(nn.Cell):
-    """T5-style RMS norm (no mean, no bias): variance in float32, as ``transformers``' ``T5LayerNorm``.
-
-    Like upstream, the normalised value is cast to the weight's dtype when that is half
-    precision before the scale is applied.
-    """
+    """RMS norm (no mean, no bias) as upstream's ``LlamaRMSNorm`` and ``transformers``' ``T5LayerNorm``: the
+    statistics in float32, the normalised value cast back to the input dtype, then times the weight (in that
+    dtype): a half-precision model stays in half precision."""
 
     def __init__(self, hidden_size: int, eps: float = 1e-6, dtype=ms.float32):
         super().__init__()
@@ -135,11 +133,12 @@ class RMSNorm(nn.Cell):
     def construct(self, x, scale=None):
         """``scale``: an optional constant folded into the weight (e.g. attention's 1/sqrt(d) for queries)."""
         weight = self.weight if scale is None else self.weight * scale
+        dtype = x.dtype
         h = x.astype(ms.float32)
-        if weight.dtype in (ms.float16, ms.bfloat16):
+        if dtype in (ms.float16, ms.bfloat16):
             inv_rms = ops.rsqrt((h * h).mean(axis=-1, keep_dims=True) + self.eps)
-            return weight * (h * inv_rms).astype(weight.dtype)
-        return self._rms_norm(h, weight, self.eps)
+            return weight.astype(dtype) * (h * inv_rms).astype(dtype)
+        return self._rms_norm(h, weight.astype(ms.float32), self.eps)
 
 
 class Embedding(nn.Cell):

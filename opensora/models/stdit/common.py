@@ -24,6 +24,7 @@ from ..layers import forms
 from ..layers.attention import use_flash_attention
 from ..layers.blocks import DropPath, Mlp, MultiHeadCrossAttention, scale_shift_table, text_attention_mask
 from ..layers.init import init_linears_, lazily, normal_, xavier_uniform_flat_, zeros_
+from ..layers.precision import cast_parameters
 from ..layers.nn import LayerNorm
 
 logger = logging.getLogger(__name__)
@@ -35,12 +36,14 @@ _HF_META_KEYS = {"architectures", "model_type", "torch_dtype", "transformers_ver
 
 class ModelConfig:
     """Upstream's ``STDiT2Config`` / ``STDiT3Config`` (a transformers PretrainedConfig there): the
-    constructor keyword arguments, with upstream's defaults, plus this port's extras
-    (``dtype``, ``grad_checkpointing``, ``num_recompute_blocks``)."""
+    constructor keyword arguments, with upstream's defaults, plus this port's extras: ``dtype`` (the compute
+    dtype, upstream's ``model.to(dtype)``), ``weights_dtype`` (the dtype the weights are held in: None = the
+    compute dtype, as upstream's inference; training passes "float32" for float32 master weights),
+    ``grad_checkpointing``, ``num_recompute_blocks``."""
 
     model_type = ""
     defaults: dict = {}
-    extras = {"dtype": "float32", "grad_checkpointing": False, "num_recompute_blocks": None}
+    extras = {"dtype": "float32", "weights_dtype": None, "grad_checkpointing": False, "num_recompute_blocks": None}
 
     def __init__(self, **kwargs):
         valid = {**self.defaults, **self.extras}
@@ -137,8 +140,10 @@ class STDiTBase(nn.Cell):
         self.attention_path = "flash" if use_flash_attention(enable_flash_attn) else "math"  # logged once
 
     def _finish_init(self, freeze=None):
-        """After the cells exist: upstream's initialisation, freezing, and the training options."""
+        """After the cells exist: upstream's initialisation, the weights' dtype, freezing, and the training
+        options."""
         self.initialize_weights()
+        cast_parameters(self, to_ms_dtype(self.config.weights_dtype or self.config.dtype))
         self._freeze(freeze)
         for param in self.get_parameters():  # fixed tables kept in the checkpoint (as upstream's buffers)
             if param.name.endswith(("y_embedder.y_embedding", "rope.freqs")):

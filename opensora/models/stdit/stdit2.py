@@ -111,7 +111,7 @@ class STDiT2(STDiTBase):
         nt, nh, nw = self.get_dynamic_size(x)
         ns = nh * nw
         resolution_sq = ops.sqrt(height[0].astype(ms.float32) * width[0].astype(ms.float32))
-        pos_emb = self.pos_embed(nh, nw, resolution_sq / self.input_sq_size, round(ns ** 0.5)).astype(dtype)
+        pos_emb = self.pos_embed(nh, nw, resolution_sq / self.input_sq_size, round(ns ** 0.5), dtype)
         x = self.x_embedder(x).reshape(b, nt, ns, self.hidden_size) + pos_emb.reshape(1, 1, ns, self.hidden_size)
 
         t = self.t_embedder(timestep, dtype)
@@ -128,7 +128,7 @@ class STDiT2(STDiTBase):
 
         cond, y_kv = self._caption_kv_source(y, y_kv, force_drop_ids)
         attn_mask = text_attention_mask(mask, b)
-        rope = self.rope.tables(nt)
+        rope = self.rope.tables(nt, dtype)
         for i in range(self.depth):
             kv = None if y_kv is None else y_kv[i]
             x = self.blocks[i](x, cond, t_spc_mlp, t_tmp_mlp, mask=attn_mask, x_mask=x_mask, t0=t0_spc_mlp,

@@ -8,6 +8,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn, ops
 
+from ..layers import forms
 from ..layers.blocks import Attention, T2IFinalLayer, frame_modulations, text_attention_mask
 from ..layers.embeddings import (CaptionEmbedder, PatchEmbed3D, PositionEmbedding2D, RotaryEmbedding, SizeEmbedder,
                                  TimestepEmbedder)
@@ -84,10 +85,11 @@ class STDiT3(STDiTBase):
                                           token_num=cfg.model_max_length)
         drop_path = np.linspace(0, cfg.drop_path, cfg.depth).tolist()
         common = dict(mlp_ratio=cfg.mlp_ratio, qk_norm=cfg.qk_norm, enable_flash_attn=cfg.enable_flash_attn)
+        block = forms.reused_graph(STDiT3Block)  # Ascend: one compiled graph per block kind, reused
         self.spatial_blocks = nn.CellList([
-            STDiT3Block(hidden, cfg.num_heads, drop_path=drop_path[i], **common) for i in range(cfg.depth)])
+            block(hidden, cfg.num_heads, drop_path=drop_path[i], **common) for i in range(cfg.depth)])
         self.temporal_blocks = nn.CellList([
-            STDiT3Block(hidden, cfg.num_heads, drop_path=drop_path[i], temporal=True, rope=True, **common)
+            block(hidden, cfg.num_heads, drop_path=drop_path[i], temporal=True, rope=True, **common)
             for i in range(cfg.depth)])
         self.final_layer = T2IFinalLayer(hidden, int(np.prod(self.patch_size)), self.out_channels)
         self._finish_init()
@@ -155,7 +157,7 @@ class STDiT3(STDiTBase):
         ns = nh * nw
         base_size = round(ns ** 0.5)
         resolution_sq = ops.sqrt(height[0].astype(ms.float32) * width[0].astype(ms.float32))
-        pos_emb = self.pos_embed(nh, nw, resolution_sq / self.input_sq_size, base_size).astype(dtype)
+        pos_emb = self.pos_embed(nh, nw, resolution_sq / self.input_sq_size, base_size, dtype)
 
         # === timestep (+ fps) embedding; t=0 embedding for conditioned frames ===
         fps_emb = self.fps_embedder(fps.reshape(-1, 1), b)
@@ -173,7 +175,7 @@ class STDiT3(STDiTBase):
         # === tokens (B, T, S, C) ===
         x = self.x_embedder(x).reshape(b, nt, ns, self.hidden_size) + pos_emb.reshape(1, 1, ns, self.hidden_size)
         return {"tokens": x, "cond": cond, "t": t, "t_mlp": t_mlp, "t0": t0, "t0_mlp": t0_mlp,
-                "mask": text_attention_mask(mask, b), "rope": self.rope.tables(nt), "y_kv": y_kv,
+                "mask": text_attention_mask(mask, b), "rope": self.rope.tables(nt, dtype), "y_kv": y_kv,
                 "sizes": (nt, nh, nw, tx, hx, wx)}
 
 

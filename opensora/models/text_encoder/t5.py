@@ -169,7 +169,7 @@ class T5Attention(nn.Cell):
         q = self.q(x).reshape(b, s, self.n_heads, self.d_kv).swapaxes(1, 2)
         k = self.k(x).reshape(b, s, self.n_heads, self.d_kv).swapaxes(1, 2)
         v = self.v(x).reshape(b, s, self.n_heads, self.d_kv).swapaxes(1, 2)
-        out = attention(q, k, v, mask=mask, scale=1.0, bias=position_bias)
+        out = attention(q, k, v, mask=mask, scale=1.0, bias=position_bias, scores_in_input_dtype=True)  # as transformers
         return self.o(out.swapaxes(1, 2).reshape(b, s, self.n_heads * self.d_kv))
 
 

@@ -4,7 +4,7 @@ upstream's names: ``VideoAutoencoderKL``, ``VAE_Temporal``, ``VAE_Temporal_SD``,
 ``VideoAutoencoderPipeline``, ``OpenSoraVAE_V1_2``."""
 from .autoencoder_kl import AutoencoderKL
 from .vae_temporal import VAE_Temporal, VAE_Temporal_SD
-from .video_vae import OpenSoraVAE_V1_2, VideoAutoencoderKL, VideoAutoencoderPipeline, cast_vae
+from .video_vae import OpenSoraVAE_V1_2, VideoAutoencoderKL, VideoAutoencoderPipeline
 
 __all__ = ["AutoencoderKL", "VAE_Temporal", "VAE_Temporal_SD", "VideoAutoencoderKL", "VideoAutoencoderPipeline",
-           "OpenSoraVAE_V1_2", "cast_vae"]
+           "OpenSoraVAE_V1_2"]

@@ -258,13 +258,3 @@ class AutoencoderKL(nn.Cell):
 def sample_gaussian(mean, std):
     """mean + std * N(0, 1): a draw from a diagonal Gaussian posterior."""
     return mean + std * ops.randn(mean.shape, dtype=mean.dtype)
-
-
-def cast_to(net: nn.Cell, dtype) -> nn.Cell:
-    """Cast every parameter of ``net`` to ``dtype`` (norms still compute in float32)."""
-    for p in net.get_parameters():
-        if p.dtype != dtype:
-            p.set_data(p.astype(dtype))
-    return net
-
-

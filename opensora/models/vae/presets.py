@@ -46,7 +46,7 @@ def build_video_vae(vae_type: str, checkpoint: str | None, micro_batch_size: int
                           "micro_frame_size": micro_frame_size, "vae_2d_config": config})
     vae.set_train(False)
     if to_ms_dtype(dtype) != ms.float32:
-        from .video_vae import cast_vae
+        from ..layers.precision import cast_parameters
 
-        cast_vae(vae, to_ms_dtype(dtype))
+        cast_parameters(vae, to_ms_dtype(dtype))
     return vae

@@ -301,11 +301,3 @@ def OpenSoraVAE_V1_2(micro_batch_size=4, micro_frame_size=17, from_pretrained=No
     kwargs = v1_2_pipeline_kwargs(micro_batch_size, micro_frame_size, from_pretrained, local_files_only,
                                   freeze_vae_2d, cal_loss, vae_2d_config, temporal_kwargs, shift, scale)
     return VideoAutoencoderPipeline(**kwargs, from_pretrained=from_pretrained)
-
-
-def cast_vae(vae: nn.Cell, dtype) -> nn.Cell:
-    """Run the VAE in ``dtype`` (fp16/bf16 on Ascend): parameters cast, norms still in float32."""
-    for p in vae.get_parameters():
-        if p.dtype != dtype and p.name not in ("scale", "shift"):
-            p.set_data(p.astype(dtype))
-    return vae
