@@ -74,6 +74,14 @@ def apply_guidance(cond, uncond, scale: float, channels: int | None = None):
     return ops.concat([guided, cond[:, channels:]], axis=1)
 
 
+def conditioning(model: Callable, y, mask) -> dict:
+    """The forward's caption keyword arguments for a prompt batch: what the model prepares once
+    (``model.prepare_conditioning``, e.g. the caption keys/values of every block), or ``y`` and ``mask`` as they
+    are for a model that prepares nothing (a plain function, as the schedulers' tests use)."""
+    prepare = getattr(model, "prepare_conditioning", None)
+    return dict(prepare(y, mask)) if prepare is not None else {"y": y, "mask": mask}
+
+
 class GuidedModel:
     """Calls ``model(x, timestep, **conditioning, **extra, x_mask=...)`` once on the doubled batch.
 
@@ -90,7 +98,7 @@ class GuidedModel:
         self.dtype = dtype
         self.batch_size = text.batch_size
         y, mask = text.doubled()
-        self.kwargs: dict[str, Any] = dict(model.prepare_conditioning(y.astype(dtype), mask))
+        self.kwargs: dict[str, Any] = conditioning(model, y.astype(dtype), mask)
         for key, value in (model_kwargs or {}).items():
             if value is not None:
                 self.kwargs[key] = self._batch(value)
