@@ -15,13 +15,11 @@ FLOATING = (ms.float32, ms.float16, ms.bfloat16, ms.float64)
 
 
 def cast_parameters(net: nn.Cell, dtype) -> nn.Cell:
-    """Convert every floating parameter of ``net`` to ``dtype`` in place. Parameters not drawn yet (a lazy build,
-    see ``layers/init.py``) only change their declared dtype: they are drawn or loaded in ``dtype``, with no
-    float32 copy in between."""
+    """Convert every floating parameter of ``net`` to ``dtype`` in place (``Parameter.set_dtype``: ``set_data``
+    would cast the new data back to the parameter's dtype). Parameters not drawn yet (a lazy build, see
+    ``layers/init.py``) only change their declared dtype: they are drawn or loaded in ``dtype``, with no float32
+    copy of the model in between."""
     for param in net.get_parameters():
         if param.dtype in FLOATING and param.dtype != dtype:
-            if param.has_init:
-                param.set_dtype(dtype)
-            else:
-                param.set_data(param.astype(dtype))
+            param.set_dtype(dtype)
     return net

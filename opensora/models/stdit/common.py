@@ -4,7 +4,7 @@ handling, the conditioning prepared once per prompt batch, per-block recompute a
 Upstream flags accepted at the model boundary so that upstream configs carry over unchanged, and not
 threaded any further: ``enable_layernorm_kernel`` (apex's fused LayerNorm: ours is one formulation
 already), ``enable_sequence_parallelism`` (ColossalAI sequence parallelism: True raises). ``enable_flash_attn``
-(``enable_flashattn`` in 1.0) selects Ascend's flash attention where it exists (math attention elsewhere).
+(``enable_flashattn`` in 1.0) selects flash attention where the device has it (math attention elsewhere).
 """
 from __future__ import annotations
 

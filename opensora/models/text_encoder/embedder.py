@@ -35,9 +35,9 @@ from .tokenizer import load_t5_tokenizer, tokenize
 logger = logging.getLogger(__name__)
 
 def check_dtype_supported(dtype: ms.Type) -> None:
-    """bfloat16 only where the backend computes in it (Ascend); the CPU backend can only cast bf16."""
+    """bfloat16 only where the device computes in it (see ``forms.bfloat16_compute_available``)."""
     if dtype == ms.bfloat16 and not forms.bfloat16_compute_available():
-        raise ValueError("T5 in bfloat16 needs an Ascend device (MindSpore's CPU backend has no bfloat16 "
+        raise ValueError(f"T5 in bfloat16 needs an Ascend device ({forms.backend()} has no bfloat16 "
                          "matmul/norm/softmax kernels); use dtype float32 or float16 here")
 
 
