@@ -14,6 +14,7 @@ import json
 import math
 import os
 
+import mindspore as ms
 from mindspore import nn, ops
 
 from ..layers.attention import attention
@@ -48,26 +49,29 @@ class ResnetBlock2D(nn.Cell):
 
 
 class AttentionBlock(nn.Cell):
-    """diffusers ``Attention`` as the VAE mid block uses it: one head over all H*W positions,
-    group norm first, residual added (``to_q``/``to_k``/``to_v``/``to_out.0`` linear layers)."""
+    """diffusers ``Attention`` as the VAE mid blocks use it: one head over all positions of a (B, C, *positions)
+    input (H*W for the image VAE, T*H*W for the 2.0 video VAE), group norm first, residual added
+    (``to_q``/``to_k``/``to_v``/``to_out.0`` linear layers). ``mask``: optional boolean (S, S), True = attend."""
 
-    def __init__(self, channels: int, groups: int, eps: float = 1e-6):
+    def __init__(self, channels: int, groups: int, eps: float = 1e-6, dtype=ms.float32):
         super().__init__()
-        self.group_norm = GroupNorm(groups, channels, eps=eps)
-        self.to_q = Linear(channels, channels)
-        self.to_k = Linear(channels, channels)
-        self.to_v = Linear(channels, channels)
-        self.to_out = nn.CellList([Linear(channels, channels)])
+        self.group_norm = GroupNorm(groups, channels, eps=eps, dtype=dtype)
+        self.to_q = Linear(channels, channels, dtype=dtype)
+        self.to_k = Linear(channels, channels, dtype=dtype)
+        self.to_v = Linear(channels, channels, dtype=dtype)
+        self.to_out = nn.CellList([Linear(channels, channels, dtype=dtype)])
         self.scale = 1.0 / math.sqrt(channels)
 
-    def construct(self, x):
-        b, c, h, w = x.shape
-        hidden = self.group_norm(x).reshape(b, c, h * w).transpose(0, 2, 1)  # (B, HW, C)
-        q = self.to_q(hidden).reshape(b, 1, h * w, c)
-        k = self.to_k(hidden).reshape(b, 1, h * w, c)
-        v = self.to_v(hidden).reshape(b, 1, h * w, c)
-        out = attention(q, k, v, None, self.scale, False).reshape(b, h * w, c)
-        out = self.to_out[0](out).transpose(0, 2, 1).reshape(b, c, h, w)
+    def construct(self, x, mask=None):
+        shape = x.shape
+        b, c = shape[0], shape[1]
+        hidden = self.group_norm(x).reshape(b, c, -1).transpose(0, 2, 1)  # (B, S, C)
+        n = hidden.shape[1]
+        q = self.to_q(hidden).reshape(b, 1, n, c)
+        k = self.to_k(hidden).reshape(b, 1, n, c)
+        v = self.to_v(hidden).reshape(b, 1, n, c)
+        out = attention(q, k, v, mask, self.scale, False).reshape(b, n, c)
+        out = self.to_out[0](out).transpose(0, 2, 1).reshape(shape)
         return out + x
 
 
