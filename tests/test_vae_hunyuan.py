@@ -102,44 +102,34 @@ def test_untiled_encode_and_decode_match_the_reference(tiny):
         vae.decode(Tensor(z), num_frames=10)
 
 
-def test_spatial_tiling_matches_the_reference_and_differs_from_untiled(tiny):
-    """2 x 3 tiles both ways (the last column 8 pixels / 1 latent wide): upstream's blending, in-place
-    order and crops. Tiled and untiled results differ by O(1), so tiling is really compared."""
+TILING_CASES = {
+    # 2 x 3 tiles both ways, the last column 8 pixels / 1 latent wide: upstream's blending, in-place order, crops
+    "spatial": (SPATIAL_TILING, (1, 3, 5, 48, 56), (1, 4, 2, 6, 7)),
+    # 25 frames -> 7 latents from tiles of 17, 13 and 1 frames; 7 latents -> 25 frames from tiles of 5, 4 and 1
+    # latents (17 frames would not do: the second tile's one kept latent gets blend weight 0)
+    "temporal": (TEMPORAL_TILING, (1, 3, 25, 16, 16), (1, 4, 7, 2, 2)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TILING_CASES))
+def test_tiling_matches_the_reference_and_differs_from_untiled(tiny, case):
+    """Tiled encode and decode against the tiled reference; tiled and untiled results differ by O(1), far
+    beyond the tolerances, so the tiling itself is compared."""
+    tiling, video_shape, latent_shape = TILING_CASES[case]
     ref, path = tiny
-    vae = build(path, **SPATIAL_TILING)
-    tiled_ref, untiled_ref = reference(ref, **SPATIAL_TILING), reference(ref)
-    x = uniform((1, 3, 5, 48, 56), 3)
-    mean, _ = vae.encode_posterior(Tensor(x))
-    ref_mean, _ = ref_encode_posterior(tiled_ref, x)
-    assert ref_mean.shape == (1, 4, 2, 6, 7)
-    assert max_diff(mean, ref_mean) <= ENCODE_TOL
-    assert max_diff(mean, ref_encode_posterior(untiled_ref, x)[0]) > 100 * ENCODE_TOL
-
-    z = normal((1, 4, 2, 6, 7), 4)
-    out = vae.decode(Tensor(z))
-    ref_out = ref_decode(tiled_ref, z)
-    assert ref_out.shape == (1, 3, 5, 48, 56)
-    assert max_diff(out, ref_out) <= DECODE_TOL
-    assert max_diff(out, ref_decode(untiled_ref, z)) > 100 * DECODE_TOL
-
-
-def test_temporal_tiling_matches_the_reference_and_differs_from_untiled(tiny):
-    """25 frames -> 7 latents from tiles of 17, 13 and 1 frames; 7 latents -> 25 frames from tiles of 5, 4 and 1
-    latents. (17 frames would not do: the second tile's one kept latent gets blend weight 0.)"""
-    ref, path = tiny
-    vae = build(path, **TEMPORAL_TILING)
-    tiled_ref, untiled_ref = reference(ref, **TEMPORAL_TILING), reference(ref)
-    x = uniform((1, 3, 25, 16, 16), 5)
+    vae = build(path, **tiling)
+    tiled_ref, untiled_ref = reference(ref, **tiling), reference(ref)
+    x = uniform(video_shape, 3)
     mean, std = vae.encode_posterior(Tensor(x))
     ref_mean, ref_std = ref_encode_posterior(tiled_ref, x)
-    assert ref_mean.shape == (1, 4, 7, 2, 2)
+    assert ref_mean.shape == latent_shape
     assert max_diff(mean, ref_mean) <= ENCODE_TOL and max_diff(std, ref_std) <= ENCODE_TOL
     assert max_diff(mean, ref_encode_posterior(untiled_ref, x)[0]) > 100 * ENCODE_TOL
 
-    z = normal((1, 4, 7, 2, 2), 6)
+    z = normal(latent_shape, 4)
     out = vae.decode(Tensor(z))
     ref_out = ref_decode(tiled_ref, z)
-    assert ref_out.shape == (1, 3, 25, 16, 16)
+    assert ref_out.shape == video_shape
     assert max_diff(out, ref_out) <= DECODE_TOL
     assert max_diff(out, ref_decode(untiled_ref, z)) > 100 * DECODE_TOL
 

@@ -28,25 +28,12 @@ from mindspore.nn.utils import no_init_parameters
 from ...config import check_kwargs
 from ..layers.nn import Conv3d
 from ..registry import VAES
+from ..text_encoder.embedder import to_ms_dtype
 from ..vae.autoencoder_kl import posterior_mean_std
 from ..vae.geometry import CausalGeometry, FrameCountError
 from ..vae.loading import load_vae_weights
-from ..vae.presets import DTYPES
-from .blocks import DecoderCausal3D, EncoderCausal3D, sampling_plan
+from .blocks import causal_decoder, causal_encoder, sampling_plan
 from .tiling import tiled_2d, tiled_t
-
-
-def _ms_dtype(dtype):
-    if dtype is None:
-        return ms.float32
-    if isinstance(dtype, str):
-        key = dtype.lower().replace("torch.", "")
-        if key not in DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(sorted(DTYPES))}")
-        return DTYPES[key]
-    if dtype in (ms.float32, ms.float16, ms.bfloat16):
-        return dtype
-    raise ValueError(f"unsupported dtype {dtype!r}; use float32, float16 or bfloat16")
 
 
 def causal_geometry(latent_channels=16, block_out_channels=(128, 256, 512, 512), time_compression_ratio=4,
@@ -73,11 +60,11 @@ class AutoencoderKLCausal3D(nn.Cell):
             raise ValueError("dropout: only 0.0 (inference) is implemented")
         if isinstance(sample_size, (list, tuple)):  # upstream reads the first entry for the latent tile
             sample_size = sample_size[0]
-        dtype = _ms_dtype(dtype)
+        dtype = to_ms_dtype(dtype)
         plan = sampling_plan(len(block_out_channels), time_compression_ratio, spatial_compression_ratio)
-        self.encoder = EncoderCausal3D(in_channels, latent_channels, block_out_channels, layers_per_block,
+        self.encoder = causal_encoder(in_channels, latent_channels, block_out_channels, layers_per_block,
                                        norm_num_groups, plan, mid_block_add_attention, dtype=dtype)
-        self.decoder = DecoderCausal3D(latent_channels, out_channels, block_out_channels, layers_per_block,
+        self.decoder = causal_decoder(latent_channels, out_channels, block_out_channels, layers_per_block,
                                        norm_num_groups, plan, mid_block_add_attention, dtype=dtype)
         self.quant_conv = Conv3d(2 * latent_channels, 2 * latent_channels, 1, dtype=dtype)
         self.post_quant_conv = Conv3d(latent_channels, latent_channels, 1, dtype=dtype)
@@ -101,38 +88,36 @@ class AutoencoderKLCausal3D(nn.Cell):
     def _decode_tile(self, z):
         return self.decoder(self.post_quant_conv(z))
 
-    def _spatial_encode(self, x):
+    def _spatial(self, x, run, size: int, out_size: int):
+        """``run`` on ``x`` whole, or on (size x size) tiles whose outputs are (out_size x out_size) when H or W
+        exceeds ``size`` and spatial tiling is on (upstream's ``spatial_tiled_encode/decode``)."""
+        if not self.use_spatial_tiling or max(x.shape[3], x.shape[4]) <= size:
+            return run(x)
         f = self.tile_overlap_factor
-        if not self.use_spatial_tiling or max(x.shape[3], x.shape[4]) <= self.tile_sample_min_size:
-            return self._encode_tile(x)
-        extent = int(self.tile_latent_min_size * f)
-        return tiled_2d(x, self._encode_tile, self.tile_sample_min_size, int(self.tile_sample_min_size * (1 - f)),
-                        extent, self.tile_latent_min_size - extent)
+        extent = int(out_size * f)
+        return tiled_2d(x, run, size, int(size * (1 - f)), extent, out_size - extent)
 
-    def _spatial_decode(self, z):
+    def _temporal(self, x, run, length: int, out_length: int):
+        """``run`` on ``x`` whole, or on (length + 1)-frame tiles with (out_length + 1)-frame outputs when T exceeds
+        ``length`` and temporal tiling is on (upstream's ``temporal_tiled_encode/decode``)."""
+        if not self.use_temporal_tiling or x.shape[2] <= length:
+            return run(x)
         f = self.tile_overlap_factor
-        if not self.use_spatial_tiling or max(z.shape[3], z.shape[4]) <= self.tile_latent_min_size:
-            return self._decode_tile(z)
-        extent = int(self.tile_sample_min_size * f)
-        return tiled_2d(z, self._decode_tile, self.tile_latent_min_size, int(self.tile_latent_min_size * (1 - f)),
-                        extent, self.tile_sample_min_size - extent)
+        extent = int(out_length * f)
+        return tiled_t(x, run, length, int(length * (1 - f)), extent, out_length - extent)
 
     def _moments(self, x):
         """Video -> posterior moments (B, 2 * latent, t, h, w), tiled as configured."""
-        if self.use_temporal_tiling and x.shape[2] > self.tile_sample_min_tsize:
-            f = self.tile_overlap_factor
-            extent = int(self.tile_latent_min_tsize * f)
-            return tiled_t(x, self._spatial_encode, self.tile_sample_min_tsize,
-                           int(self.tile_sample_min_tsize * (1 - f)), extent, self.tile_latent_min_tsize - extent)
-        return self._spatial_encode(x)
+        def spatial(v):
+            return self._spatial(v, self._encode_tile, self.tile_sample_min_size, self.tile_latent_min_size)
+
+        return self._temporal(x, spatial, self.tile_sample_min_tsize, self.tile_latent_min_tsize)
 
     def _decode_unscaled(self, z):
-        if self.use_temporal_tiling and z.shape[2] > self.tile_latent_min_tsize:
-            f = self.tile_overlap_factor
-            extent = int(self.tile_sample_min_tsize * f)
-            return tiled_t(z, self._spatial_decode, self.tile_latent_min_tsize,
-                           int(self.tile_latent_min_tsize * (1 - f)), extent, self.tile_sample_min_tsize - extent)
-        return self._spatial_decode(z)
+        def spatial(v):
+            return self._spatial(v, self._decode_tile, self.tile_latent_min_size, self.tile_sample_min_size)
+
+        return self._temporal(z, spatial, self.tile_latent_min_tsize, self.tile_sample_min_tsize)
 
     def _per_sample(self, fn, x):
         """``use_slicing``: one sample at a time (upstream's batch slicing)."""

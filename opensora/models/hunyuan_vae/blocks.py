@@ -1,17 +1,20 @@
 """The building blocks of the Hunyuan causal 3D VAE (upstream ``unet_causal_3d_blocks.py`` and ``vae.py``):
-causal convolutions, resnets, causal down/up sampling, the mid block with frame-causal attention, and the
-encoder and decoder stacks. Parameter names are upstream's (``down_blocks.0.resnets.1.conv1.conv.weight``,
+causal convolutions, causal down/up sampling, and which blocks resample. The encoder and decoder stacks
+(resnets, resnet stages, the mid block with its frame-causal attention) are the image VAE's
+(``vae/autoencoder_kl.py``) built with these: upstream's are diffusers' with ``Conv2d`` replaced.
+Parameter names are upstream's (``down_blocks.0.resnets.1.conv1.conv.weight``,
 ``mid_block.attentions.0.to_q.weight``, ...).
 """
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import mindspore as ms
 from mindspore import nn, ops
 
-from ..layers.nn import Conv3d, GroupNorm, silu
-from ..vae.autoencoder_kl import AttentionBlock
+from ..layers.nn import Conv3d
+from ..vae.autoencoder_kl import Decoder, Encoder
 
 
 def sampling_plan(num_blocks: int, time_compression_ratio: int = 4, spatial_compression_ratio: int = 8):
@@ -60,47 +63,6 @@ class CausalConv3d(nn.Cell):
         return self.conv(x)
 
 
-class ResnetBlockCausal3D(nn.Cell):
-    """norm-SiLU-conv twice plus the input (through a 1x1x1 causal conv when the width changes)."""
-
-    def __init__(self, in_channels: int, out_channels: int, groups: int, eps: float = 1e-6, dtype=ms.float32):
-        super().__init__()
-        self.norm1 = GroupNorm(groups, in_channels, eps=eps, dtype=dtype)
-        self.conv1 = CausalConv3d(in_channels, out_channels, 3, dtype=dtype)
-        self.norm2 = GroupNorm(groups, out_channels, eps=eps, dtype=dtype)
-        self.conv2 = CausalConv3d(out_channels, out_channels, 3, dtype=dtype)
-        self.conv_shortcut = CausalConv3d(in_channels, out_channels, 1, dtype=dtype) \
-            if in_channels != out_channels else None
-
-    def construct(self, x):
-        h = self.conv1(silu(self.norm1(x)))
-        h = self.conv2(silu(self.norm2(h)))
-        if self.conv_shortcut is not None:
-            x = self.conv_shortcut(x)
-        return x + h
-
-
-class UNetMidBlockCausal3D(nn.Cell):
-    """resnet, attention over all T*H*W positions where a position sees its own and earlier frames
-    (upstream's ``prepare_causal_attention_mask``), resnet."""
-
-    def __init__(self, channels: int, groups: int, add_attention: bool = True, dtype=ms.float32):
-        super().__init__()
-        self.resnets = nn.CellList([ResnetBlockCausal3D(channels, channels, groups, dtype=dtype) for _ in range(2)])
-        self.attentions = nn.CellList([AttentionBlock(channels, groups, dtype=dtype)]) if add_attention else None
-
-    def construct(self, x):
-        x = self.resnets[0](x)
-        if self.attentions is not None:
-            t, h, w = x.shape[2], x.shape[3], x.shape[4]
-            mask = None
-            if t > 1:  # one frame: every position sees every other
-                frame = ops.arange(0, t * h * w, dtype=ms.int32) // (h * w)
-                mask = frame.reshape(1, -1) <= frame.reshape(-1, 1)  # key frame <= query frame
-            x = self.attentions[0](x, mask)
-        return self.resnets[1](x)
-
-
 class DownsampleCausal3D(nn.Cell):
     def __init__(self, channels: int, stride, dtype=ms.float32):
         super().__init__()
@@ -137,38 +99,6 @@ class UpsampleCausal3D(nn.Cell):
         return self.conv(x)
 
 
-class DownEncoderBlockCausal3D(nn.Cell):
-    def __init__(self, in_channels: int, out_channels: int, num_layers: int, groups: int, stride=None,
-                 dtype=ms.float32):
-        super().__init__()
-        self.resnets = nn.CellList([ResnetBlockCausal3D(in_channels if i == 0 else out_channels, out_channels, groups,
-                                                        dtype=dtype) for i in range(num_layers)])
-        self.downsamplers = nn.CellList([DownsampleCausal3D(out_channels, stride, dtype=dtype)]) if stride else None
-
-    def construct(self, x):
-        for resnet in self.resnets:
-            x = resnet(x)
-        if self.downsamplers is not None:
-            x = self.downsamplers[0](x)
-        return x
-
-
-class UpDecoderBlockCausal3D(nn.Cell):
-    def __init__(self, in_channels: int, out_channels: int, num_layers: int, groups: int, factor=None,
-                 dtype=ms.float32):
-        super().__init__()
-        self.resnets = nn.CellList([ResnetBlockCausal3D(in_channels if i == 0 else out_channels, out_channels, groups,
-                                                        dtype=dtype) for i in range(num_layers)])
-        self.upsamplers = nn.CellList([UpsampleCausal3D(out_channels, factor, dtype=dtype)]) if factor else None
-
-    def construct(self, x):
-        for resnet in self.resnets:
-            x = resnet(x)
-        if self.upsamplers is not None:
-            x = self.upsamplers[0](x)
-        return x
-
-
 def _factors(time: bool, space: bool):
     """(T, H, W) stride / upsampling factor of a block of the plan; None when it does not resample."""
     if not (time or space):
@@ -176,52 +106,24 @@ def _factors(time: bool, space: bool):
     return (2 if time else 1, 2 if space else 1, 2 if space else 1)
 
 
-class EncoderCausal3D(nn.Cell):
-    """Video (B, C, T, H, W) -> posterior moments (B, 2*latent, t, h, w) before ``quant_conv``."""
-
-    def __init__(self, in_channels, latent_channels, block_out_channels, layers_per_block, groups, plan,
-                 add_attention=True, dtype=ms.float32):
-        super().__init__()
-        self.conv_in = CausalConv3d(in_channels, block_out_channels[0], 3, dtype=dtype)
-        blocks, prev = [], block_out_channels[0]
-        for channels, (time, space) in zip(block_out_channels, plan):
-            blocks.append(DownEncoderBlockCausal3D(prev, channels, layers_per_block, groups, _factors(time, space),
-                                                   dtype=dtype))
-            prev = channels
-        self.down_blocks = nn.CellList(blocks)
-        self.mid_block = UNetMidBlockCausal3D(prev, groups, add_attention, dtype=dtype)
-        self.conv_norm_out = GroupNorm(groups, prev, eps=1e-6, dtype=dtype)
-        self.conv_out = CausalConv3d(prev, 2 * latent_channels, 3, dtype=dtype)
-
-    def construct(self, x):
-        x = self.conv_in(x)
-        for block in self.down_blocks:
-            x = block(x)
-        x = self.mid_block(x)
-        return self.conv_out(silu(self.conv_norm_out(x)))
+def causal_encoder(in_channels, latent_channels, block_out_channels, layers_per_block, groups, plan,
+                   add_attention=True, dtype=ms.float32) -> Encoder:
+    """Upstream's ``EncoderCausal3D``: video (B, C, T, H, W) -> posterior moments (B, 2*latent, t, h, w) before
+    ``quant_conv``; ``layers_per_block`` resnets per down block, then a causal strided conv where the plan
+    resamples."""
+    strides = [_factors(*step) for step in plan]
+    downsamplers = [None if s is None else partial(DownsampleCausal3D, c, s, dtype=dtype)
+                    for c, s in zip(block_out_channels, strides)]
+    return Encoder(in_channels, latent_channels, block_out_channels, layers_per_block, groups, add_attention,
+                   conv=CausalConv3d, downsamplers=downsamplers, frame_causal=True, dtype=dtype)
 
 
-class DecoderCausal3D(nn.Cell):
-    """Latent (B, latent, t, h, w) after ``post_quant_conv`` -> video (B, C, T, H, W); ``layers_per_block + 1``
-    resnets per up block."""
-
-    def __init__(self, latent_channels, out_channels, block_out_channels, layers_per_block, groups, plan,
-                 add_attention=True, dtype=ms.float32):
-        super().__init__()
-        reversed_channels = list(reversed(block_out_channels))
-        self.conv_in = CausalConv3d(latent_channels, reversed_channels[0], 3, dtype=dtype)
-        self.mid_block = UNetMidBlockCausal3D(reversed_channels[0], groups, add_attention, dtype=dtype)
-        blocks, prev = [], reversed_channels[0]
-        for channels, (time, space) in zip(reversed_channels, plan):
-            blocks.append(UpDecoderBlockCausal3D(prev, channels, layers_per_block + 1, groups, _factors(time, space),
-                                                 dtype=dtype))
-            prev = channels
-        self.up_blocks = nn.CellList(blocks)
-        self.conv_norm_out = GroupNorm(groups, block_out_channels[0], eps=1e-6, dtype=dtype)
-        self.conv_out = CausalConv3d(block_out_channels[0], out_channels, 3, dtype=dtype)
-
-    def construct(self, z):
-        x = self.mid_block(self.conv_in(z))
-        for block in self.up_blocks:
-            x = block(x)
-        return self.conv_out(silu(self.conv_norm_out(x)))
+def causal_decoder(latent_channels, out_channels, block_out_channels, layers_per_block, groups, plan,
+                   add_attention=True, dtype=ms.float32) -> Decoder:
+    """Upstream's ``DecoderCausal3D``: latent (B, latent, t, h, w) after ``post_quant_conv`` -> video;
+    ``layers_per_block + 1`` resnets per up block, then a causal upsampling where the plan resamples."""
+    factors = [_factors(*step) for step in plan]
+    upsamplers = [None if f is None else partial(UpsampleCausal3D, c, f, dtype=dtype)
+                  for c, f in zip(reversed(block_out_channels), factors)]
+    return Decoder(latent_channels, out_channels, block_out_channels, layers_per_block, groups, add_attention,
+                   conv=CausalConv3d, upsamplers=upsamplers, frame_causal=True, dtype=dtype)
