@@ -30,7 +30,9 @@ def main(argv=None) -> int:
         return 1
     from opensora.utils.cli import report_user_errors
 
-    return report_user_errors(module.run)(rest) or 0
+    result = report_user_errors(module.run)(rest)
+    # a run returns its report (a dict) or an exit code; sys.exit(dict) would print it again and exit 1
+    return result if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":
