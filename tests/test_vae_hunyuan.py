@@ -151,6 +151,24 @@ def test_tile_sizes_upstream_gets_wrong_give_upstreams_sizes(tiny):
     assert max_diff(vae.encode_posterior(Tensor(x))[0], ref_mean) <= ENCODE_TOL
 
 
+@pytest.mark.parametrize("cpu_forms", [True, False])
+def test_each_formulation_matches_the_reference(tiny, cpu_forms):
+    """The layers' two formulations (``layers/forms.py``): the CPU backend's with every convolution by kernel
+    taps (as the full-size layers run here, strided ones included), and the native operators used elsewhere."""
+    from opensora.models.layers import forms
+
+    ref, path = tiny
+    with forms.formulations(cpu=cpu_forms):
+        vae = build(path)
+    if cpu_forms:
+        for cell in vae.cells_and_names():
+            if hasattr(cell[1], "taps_min_macs"):
+                cell[1].taps_min_macs = 0
+    x, z = uniform((1, 3, 5, 16, 16), 11), normal((1, 4, 2, 2, 2), 12)
+    assert max_diff(vae.encode_posterior(Tensor(x))[0], ref_encode_posterior(ref, x)[0]) <= ENCODE_TOL
+    assert max_diff(vae.decode(Tensor(z)), ref_decode(ref, z)) <= DECODE_TOL
+
+
 def test_graph_mode_equals_pynative(tiny):
     _, path = tiny
     vae = build(path)

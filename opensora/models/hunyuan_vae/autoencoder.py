@@ -26,9 +26,9 @@ from mindspore import Tensor, nn
 from mindspore.nn.utils import no_init_parameters
 
 from ...config import check_kwargs
+from ...dtypes import to_ms_dtype
 from ..layers.nn import Conv3d
 from ..registry import VAES
-from ..text_encoder.embedder import to_ms_dtype
 from ..vae.autoencoder_kl import posterior_mean_std
 from ..vae.geometry import CausalGeometry, FrameCountError
 from ..vae.loading import load_vae_weights
