@@ -2,7 +2,7 @@
 
     python scripts/benchmark.py sample --config configs/tiny/inference/sample_t2v.yaml \
         --warmup-count 1 --eval-count 2 --benchmark-save-path outputs/bench_sample.json
-    python scripts/benchmark.py vae|stdit|train ...   (see each module's docstring)
+    python scripts/benchmark.py vae|stdit|train|hunyuan_vae ...   (see each module's docstring)
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("GLOG_v", "3")
 
-KINDS = ("sample", "vae", "stdit", "train", "precision")
+KINDS = ("sample", "vae", "stdit", "train", "hunyuan_vae", "precision")
 
 
 def main(argv=None) -> int:
@@ -30,7 +30,9 @@ def main(argv=None) -> int:
         return 1
     from opensora.utils.cli import report_user_errors
 
-    return report_user_errors(module.run)(rest) or 0
+    result = report_user_errors(module.run)(rest)
+    # a run returns its report (a dict) or an exit code; sys.exit(dict) would print it again and exit 1
+    return result if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":

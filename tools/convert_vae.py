@@ -3,6 +3,7 @@
     python tools/convert_vae.py --source models/sd-vae-ft-ema --target models/sd-vae-ft-ema.ckpt
     python tools/convert_vae.py --source v1-5-pruned-emaonly.ckpt --target models/sd-vae.ckpt   # LDM naming
     python tools/convert_vae.py --source models/OpenSora-VAE-v1.2 --target models/OpenSora-VAE-v1.2.ckpt
+    python tools/convert_vae.py --source hunyuan_vae.pth --target models/hunyuan_vae.ckpt   # Open-Sora 2.0
 
 Sources (``--type auto`` tells them apart by their key names):
 - ``sd``: the SD / SDXL image VAE in diffusers naming (``diffusion_pytorch_model.safetensors`` / ``.bin``), or
@@ -10,6 +11,9 @@ Sources (``--type auto`` tells them apart by their key names):
   ``first_stage_model.`` prefix is stripped and its other parts ignored). Output keys: diffusers names.
 - ``opensora-1.2``: ``hpcai-tech/OpenSora-VAE-v1.2`` (``model.safetensors`` or a ``.pth``): names unchanged.
 - ``temporal``: a ``VAE_Temporal_SD`` state dict alone.
+- ``hunyuan``: Open-Sora 2.0's Hunyuan video VAE (``hunyuan_vae.safetensors`` or a ``.pth``): names unchanged.
+  ``--config``: a JSON of its builder keywords for other sizes (default: the 2.0 VAE's). The ``.safetensors``
+  also loads directly, without conversion.
 Names are mapped by name with the table below, never by position; every key and shape is checked
 against the MindSpore model (built without allocating weights) and nothing is written on any problem.
 
@@ -85,7 +89,7 @@ def detect_type(names) -> str:
     if any(n.startswith("temporal_vae.") for n in names):
         return "opensora-1.2"
     if any(n.startswith("encoder.conv_in.conv.") for n in names):
-        return "temporal"
+        return "hunyuan" if any(n.startswith("encoder.down_blocks.") for n in names) else "temporal"
     return "sd"
 
 
@@ -120,6 +124,7 @@ def expected_model_shapes(kind: str, config=None, vae_2d_config=None, source_dir
     reads it: its 2D VAE and temporal VAE), ``vae_2d_config`` overriding the 2D part."""
     from mindspore.nn.utils import no_init_parameters
 
+    from opensora.models.hunyuan_vae import AutoencoderKLCausal3D
     from opensora.models.vae import AutoencoderKL, VAE_Temporal_SD, VideoAutoencoderPipeline
     from opensora.models.vae.loading import SD_VAE_CONFIG
     from opensora.models.vae.video_vae import v1_2_pipeline_kwargs
@@ -129,10 +134,22 @@ def expected_model_shapes(kind: str, config=None, vae_2d_config=None, source_dir
             net = AutoencoderKL.from_config(config or SD_VAE_CONFIG)
         elif kind == "temporal":
             net = VAE_Temporal_SD()
+        elif kind == "hunyuan":
+            net = AutoencoderKLCausal3D(**_read_json_config(config))
         else:
             net = VideoAutoencoderPipeline(**v1_2_pipeline_kwargs(from_pretrained=source_dir,
                                                                   vae_2d_config=vae_2d_config))
     return model_shapes(net)
+
+
+def _read_json_config(config) -> dict:
+    """Builder keywords from a JSON file (or a dict); {} for the default architecture."""
+    if config is None or isinstance(config, dict):
+        return dict(config or {})
+    import json
+
+    with open(config, "r", encoding="utf-8") as f:
+        return {k: v for k, v in json.load(f).items() if k not in ("type", "from_pretrained")}
 
 
 def _default_config(source: str) -> str | None:
@@ -167,9 +184,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", "--src", required=True, help="weight file or Hugging Face-style directory")
     parser.add_argument("--target", required=True, help="output .ckpt")
-    parser.add_argument("--type", default="auto", choices=["auto", "sd", "opensora-1.2", "temporal"])
+    parser.add_argument("--type", default="auto", choices=["auto", "sd", "opensora-1.2", "temporal", "hunyuan"])
     parser.add_argument("--config", default=None,
-                        help="diffusers config.json of an SD/SDXL VAE (default: next to --source, else the SD VAE's)")
+                        help="diffusers config.json of an SD/SDXL VAE (default: next to --source, else the SD VAE's); "
+                             "hunyuan: a JSON of builder keywords (default: the Open-Sora 2.0 VAE)")
     parser.add_argument("--vae_2d_config", "--vae-2d-config", default=None,
                         help="1.2: SDXL VAE config.json or dir (default: the bundled SDXL VAE config)")
     parser.add_argument("--dtype", default=None, choices=DTYPE_CHOICES,

@@ -78,5 +78,5 @@ class Registry:
 
 
 MODELS = Registry("model", ("opensora.models.stdit",))
-VAES = Registry("vae", ("opensora.models.vae",))
+VAES = Registry("vae", ("opensora.models.vae", "opensora.models.hunyuan_vae"))
 TEXT_ENCODERS = Registry("text encoder", ("opensora.models.text_encoder",))

@@ -13,7 +13,9 @@ from __future__ import annotations
 import json
 import math
 import os
+from functools import partial
 
+import mindspore as ms
 from mindspore import nn, ops
 
 from ..layers.attention import attention
@@ -28,16 +30,25 @@ CONFIG_KEYS = ("in_channels", "out_channels", "down_block_types", "up_block_type
                "use_post_quant_conv", "mid_block_add_attention")
 
 
-class ResnetBlock2D(nn.Cell):
-    """diffusers ``ResnetBlock2D`` without time embedding: norm-SiLU-conv twice plus a (1x1) shortcut."""
+def conv2d_same(in_channels: int, out_channels: int, kernel_size: int, dtype=ms.float32):
+    """A 'same'-padded 2-D convolution: the image VAE's resnet convolutions."""
+    return Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, dtype=dtype)
 
-    def __init__(self, in_channels: int, out_channels: int, groups: int, eps: float = 1e-6):
+
+class ResnetBlock(nn.Cell):
+    """diffusers ``ResnetBlock2D`` without time embedding (and the 2.0 video VAE's ``ResnetBlockCausal3D``):
+    norm-SiLU-conv twice plus the input, through a 1x1 convolution when the width changes.
+    ``conv(in, out, kernel, dtype=...)`` builds the convolutions: 'same'-padded 2-D ones for the image VAE,
+    causal 3-D ones for the video VAE."""
+
+    def __init__(self, in_channels: int, out_channels: int, groups: int, eps: float = 1e-6, conv=conv2d_same,
+                 dtype=ms.float32):
         super().__init__()
-        self.norm1 = GroupNorm(groups, in_channels, eps=eps)
-        self.conv1 = Conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm2 = GroupNorm(groups, out_channels, eps=eps)
-        self.conv2 = Conv2d(out_channels, out_channels, 3, padding=1)
-        self.conv_shortcut = Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
+        self.norm1 = GroupNorm(groups, in_channels, eps=eps, dtype=dtype)
+        self.conv1 = conv(in_channels, out_channels, 3, dtype=dtype)
+        self.norm2 = GroupNorm(groups, out_channels, eps=eps, dtype=dtype)
+        self.conv2 = conv(out_channels, out_channels, 3, dtype=dtype)
+        self.conv_shortcut = conv(in_channels, out_channels, 1, dtype=dtype) if in_channels != out_channels else None
 
     def construct(self, x):
         h = self.conv1(silu(self.norm1(x)))
@@ -48,41 +59,53 @@ class ResnetBlock2D(nn.Cell):
 
 
 class AttentionBlock(nn.Cell):
-    """diffusers ``Attention`` as the VAE mid block uses it: one head over all H*W positions,
-    group norm first, residual added (``to_q``/``to_k``/``to_v``/``to_out.0`` linear layers)."""
+    """diffusers ``Attention`` as the VAE mid blocks use it: one head over all positions of a (B, C, *positions)
+    input (H*W for the image VAE, T*H*W for the 2.0 video VAE), group norm first, residual added
+    (``to_q``/``to_k``/``to_v``/``to_out.0`` linear layers). ``mask``: optional boolean (S, S), True = attend."""
 
-    def __init__(self, channels: int, groups: int, eps: float = 1e-6):
+    def __init__(self, channels: int, groups: int, eps: float = 1e-6, dtype=ms.float32):
         super().__init__()
-        self.group_norm = GroupNorm(groups, channels, eps=eps)
-        self.to_q = Linear(channels, channels)
-        self.to_k = Linear(channels, channels)
-        self.to_v = Linear(channels, channels)
-        self.to_out = nn.CellList([Linear(channels, channels)])
+        self.group_norm = GroupNorm(groups, channels, eps=eps, dtype=dtype)
+        self.to_q = Linear(channels, channels, dtype=dtype)
+        self.to_k = Linear(channels, channels, dtype=dtype)
+        self.to_v = Linear(channels, channels, dtype=dtype)
+        self.to_out = nn.CellList([Linear(channels, channels, dtype=dtype)])
         self.scale = 1.0 / math.sqrt(channels)
 
-    def construct(self, x):
-        b, c, h, w = x.shape
-        hidden = self.group_norm(x).reshape(b, c, h * w).transpose(0, 2, 1)  # (B, HW, C)
-        q = self.to_q(hidden).reshape(b, 1, h * w, c)
-        k = self.to_k(hidden).reshape(b, 1, h * w, c)
-        v = self.to_v(hidden).reshape(b, 1, h * w, c)
-        out = attention(q, k, v, None, self.scale, False).reshape(b, h * w, c)
-        out = self.to_out[0](out).transpose(0, 2, 1).reshape(b, c, h, w)
+    def construct(self, x, mask=None):
+        shape = x.shape
+        b, c = shape[0], shape[1]
+        hidden = self.group_norm(x).reshape(b, c, -1).transpose(0, 2, 1)  # (B, S, C)
+        n = hidden.shape[1]
+        q = self.to_q(hidden).reshape(b, 1, n, c)
+        k = self.to_k(hidden).reshape(b, 1, n, c)
+        v = self.to_v(hidden).reshape(b, 1, n, c)
+        out = attention(q, k, v, mask, self.scale, False).reshape(b, n, c)
+        out = self.to_out[0](out).transpose(0, 2, 1).reshape(shape)
         return out + x
 
 
 class MidBlock(nn.Cell):
-    """``UNetMidBlock2D``: resnet, (attention, resnet)."""
+    """``UNetMidBlock2D``: resnet, (attention, resnet). ``frame_causal`` (the 2.0 video VAE's
+    ``UNetMidBlockCausal3D`` on (B, C, T, H, W)): a position attends to its own and earlier frames only, as
+    upstream's ``prepare_causal_attention_mask``."""
 
-    def __init__(self, channels: int, groups: int, add_attention: bool = True):
+    def __init__(self, channels: int, groups: int, add_attention: bool = True, conv=conv2d_same,
+                 frame_causal: bool = False, dtype=ms.float32):
         super().__init__()
-        self.resnets = nn.CellList([ResnetBlock2D(channels, channels, groups), ResnetBlock2D(channels, channels, groups)])
-        self.attentions = nn.CellList([AttentionBlock(channels, groups)]) if add_attention else None
+        self.resnets = nn.CellList([ResnetBlock(channels, channels, groups, conv=conv, dtype=dtype) for _ in range(2)])
+        self.attentions = nn.CellList([AttentionBlock(channels, groups, dtype=dtype)]) if add_attention else None
+        self.frame_causal = frame_causal
 
     def construct(self, x):
         x = self.resnets[0](x)
         if self.attentions is not None:
-            x = self.attentions[0](x)
+            mask = None
+            if self.frame_causal and x.shape[2] > 1:  # one frame: every position sees every other
+                frame_size = x.shape[3] * x.shape[4]
+                frame = ops.arange(0, x.shape[2] * frame_size, dtype=ms.int32) // frame_size
+                mask = frame.reshape(1, -1) <= frame.reshape(-1, 1)  # key frame <= query frame
+            x = self.attentions[0](x, mask)
         return self.resnets[1](x)
 
 
@@ -111,52 +134,53 @@ class Upsample(nn.Cell):
         return self.conv(x)
 
 
-class EncoderBlock(nn.Cell):
-    def __init__(self, in_channels: int, out_channels: int, num_layers: int, groups: int, add_downsample: bool):
+class ResnetStage(nn.Cell):
+    """diffusers ``DownEncoderBlock2D`` / ``UpDecoderBlock2D`` (and the 2.0 video VAE's causal 3-D ones):
+    ``num_layers`` resnets, then an optional resampler, ``downsamplers.0`` or ``upsamplers.0``.
+    ``downsampler`` / ``upsampler``: a function building that cell (called after the resnets are built)."""
+
+    def __init__(self, in_channels: int, out_channels: int, num_layers: int, groups: int, downsampler=None,
+                 upsampler=None, conv=conv2d_same, dtype=ms.float32):
         super().__init__()
-        self.resnets = nn.CellList([ResnetBlock2D(in_channels if i == 0 else out_channels, out_channels, groups)
-                                    for i in range(num_layers)])
-        self.downsamplers = nn.CellList([Downsample(out_channels)]) if add_downsample else None
+        self.resnets = nn.CellList([ResnetBlock(in_channels if i == 0 else out_channels, out_channels, groups,
+                                                conv=conv, dtype=dtype) for i in range(num_layers)])
+        self.downsamplers = nn.CellList([downsampler()]) if downsampler is not None else None
+        self.upsamplers = nn.CellList([upsampler()]) if upsampler is not None else None
 
     def construct(self, x):
         for resnet in self.resnets:
             x = resnet(x)
         if self.downsamplers is not None:
             x = self.downsamplers[0](x)
-        return x
-
-
-class DecoderBlock(nn.Cell):
-    def __init__(self, in_channels: int, out_channels: int, num_layers: int, groups: int, add_upsample: bool):
-        super().__init__()
-        self.resnets = nn.CellList([ResnetBlock2D(in_channels if i == 0 else out_channels, out_channels, groups)
-                                    for i in range(num_layers)])
-        self.upsamplers = nn.CellList([Upsample(out_channels)]) if add_upsample else None
-
-    def construct(self, x):
-        for resnet in self.resnets:
-            x = resnet(x)
         if self.upsamplers is not None:
             x = self.upsamplers[0](x)
         return x
 
 
 class Encoder(nn.Cell):
-    """Image (B, C, H, W) -> posterior moments (B, 2*latent, H/f, W/f), before ``quant_conv``."""
+    """Image (B, C, H, W) -> posterior moments (B, 2*latent, H/f, W/f), before ``quant_conv``.
+
+    ``conv``, ``downsamplers`` (per block, a function building its downsampler, or None) and ``frame_causal``
+    (the mid block's attention) default to the image VAE's; the 2.0 video VAE's causal 3-D encoder is this
+    stack with causal convolutions (``hunyuan_vae/blocks.py``)."""
 
     def __init__(self, in_channels, latent_channels, block_out_channels, layers_per_block, groups,
-                 mid_block_add_attention=True):
+                 mid_block_add_attention=True, conv=conv2d_same, downsamplers=None, frame_causal=False,
+                 dtype=ms.float32):
         super().__init__()
-        self.conv_in = Conv2d(in_channels, block_out_channels[0], 3, padding=1)
-        blocks = []
-        out_ch = block_out_channels[0]
-        for i, channels in enumerate(block_out_channels):
-            in_ch, out_ch = out_ch, channels
-            blocks.append(EncoderBlock(in_ch, out_ch, layers_per_block, groups, i < len(block_out_channels) - 1))
+        if downsamplers is None:  # a stride-2 Downsample after every block but the last
+            downsamplers = [partial(Downsample, c) for c in block_out_channels[:-1]] + [None]
+        self.conv_in = conv(in_channels, block_out_channels[0], 3, dtype=dtype)
+        blocks, prev = [], block_out_channels[0]
+        for channels, downsampler in zip(block_out_channels, downsamplers):
+            blocks.append(ResnetStage(prev, channels, layers_per_block, groups, downsampler=downsampler, conv=conv,
+                                      dtype=dtype))
+            prev = channels
         self.down_blocks = nn.CellList(blocks)
-        self.mid_block = MidBlock(block_out_channels[-1], groups, mid_block_add_attention)
-        self.conv_norm_out = GroupNorm(groups, block_out_channels[-1], eps=1e-6)
-        self.conv_out = Conv2d(block_out_channels[-1], 2 * latent_channels, 3, padding=1)
+        self.mid_block = MidBlock(prev, groups, mid_block_add_attention, conv=conv, frame_causal=frame_causal,
+                                  dtype=dtype)
+        self.conv_norm_out = GroupNorm(groups, prev, eps=1e-6, dtype=dtype)
+        self.conv_out = conv(prev, 2 * latent_channels, 3, dtype=dtype)
 
     def construct(self, x):
         x = self.conv_in(x)
@@ -167,22 +191,28 @@ class Encoder(nn.Cell):
 
 
 class Decoder(nn.Cell):
-    """Latent (B, latent, h, w) -> image (B, C, h*f, w*f), after ``post_quant_conv``."""
+    """Latent (B, latent, h, w) -> image (B, C, h*f, w*f), after ``post_quant_conv``; ``layers_per_block + 1``
+    resnets per up block. ``conv``, ``upsamplers`` (per up block, in their order) and ``frame_causal`` as in
+    :class:`Encoder`."""
 
     def __init__(self, latent_channels, out_channels, block_out_channels, layers_per_block, groups,
-                 mid_block_add_attention=True):
+                 mid_block_add_attention=True, conv=conv2d_same, upsamplers=None, frame_causal=False,
+                 dtype=ms.float32):
         super().__init__()
         reversed_channels = list(reversed(block_out_channels))
-        self.conv_in = Conv2d(latent_channels, reversed_channels[0], 3, padding=1)
-        self.mid_block = MidBlock(reversed_channels[0], groups, mid_block_add_attention)
-        blocks = []
-        out_ch = reversed_channels[0]
-        for i, channels in enumerate(reversed_channels):
-            in_ch, out_ch = out_ch, channels
-            blocks.append(DecoderBlock(in_ch, out_ch, layers_per_block + 1, groups, i < len(reversed_channels) - 1))
+        if upsamplers is None:  # a nearest x2 Upsample after every block but the last
+            upsamplers = [partial(Upsample, c) for c in reversed_channels[:-1]] + [None]
+        self.conv_in = conv(latent_channels, reversed_channels[0], 3, dtype=dtype)
+        self.mid_block = MidBlock(reversed_channels[0], groups, mid_block_add_attention, conv=conv,
+                                  frame_causal=frame_causal, dtype=dtype)
+        blocks, prev = [], reversed_channels[0]
+        for channels, upsampler in zip(reversed_channels, upsamplers):
+            blocks.append(ResnetStage(prev, channels, layers_per_block + 1, groups, upsampler=upsampler, conv=conv,
+                                      dtype=dtype))
+            prev = channels
         self.up_blocks = nn.CellList(blocks)
-        self.conv_norm_out = GroupNorm(groups, block_out_channels[0], eps=1e-6)
-        self.conv_out = Conv2d(block_out_channels[0], out_channels, 3, padding=1)
+        self.conv_norm_out = GroupNorm(groups, block_out_channels[0], eps=1e-6, dtype=dtype)
+        self.conv_out = conv(block_out_channels[0], out_channels, 3, dtype=dtype)
 
     def construct(self, z):
         x = self.conv_in(z)
