@@ -10,6 +10,8 @@ import mindspore as ms
 from mindspore.nn.utils import no_init_parameters
 
 from opensora.config import ConfigError
+from opensora.models.layers import forms
+from opensora.models.layers.nn import LayerNorm
 from opensora.models.registry import TEXT_ENCODERS
 from opensora.models.text_encoder import CLIPTextConfig, CLIPTextModel, HFEmbedder
 from opensora.models.text_encoder.clip_weights import map_names
@@ -54,6 +56,19 @@ def test_text_embedder_matches_upstreams_call(clip_dir):
         assert np.abs(pooled - expected).max() <= TOL, (mode, np.abs(pooled - expected).max())
         np.testing.assert_array_equal(pooled, pooled_direct)
         assert np.abs(last - last_expected).max() <= TOL, (mode, np.abs(last - last_expected).max())
+
+
+def test_plain_formulations_match_transformers(clip_dir, reference):
+    """Off the CPU backend the LayerNorms keep their fused kernel (forms.py): that build matches too, in graph mode."""
+    with forms.formulations(cpu=False):
+        embedder = HFEmbedder(clip_dir, max_length=77)
+    chosen = {cell._layer_norm for _, cell in embedder.model.cells_and_names() if isinstance(cell, LayerNorm)}
+    assert chosen == {forms.LAYER_NORM.plain}
+    ids, _ = embedder.embedder.tokenize(TEXTS)
+    last_expected, pooled_expected = torch_reference(reference, ids)
+    ms.set_context(mode=ms.GRAPH_MODE)
+    last, pooled = (t.asnumpy() for t in embedder.model(ms.Tensor(ids)))
+    assert np.abs(pooled - pooled_expected).max() <= TOL and np.abs(last - last_expected).max() <= TOL
 
 
 @pytest.mark.parametrize("eos", [2, 300])
