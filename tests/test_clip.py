@@ -21,7 +21,8 @@ from tests.fixtures.manifests import load_manifest
 from tests.fixtures.tiny_clip import make_tiny_clip_dir, torch_reference, torch_text_model, write_weights
 from tests.reference.text_embedder_torch import HFEmbedderReference
 
-TEXTS = ["a cat flies over the river.", "", "The DOG runs over the river at night " * 12, "Ünïcödé prompt: 日本語"]
+TEXTS = ["a cat flies over the river.", "", "The DOG runs over the river at night " * 12,
+         "Ünïcödé prompt: 日本語"]
 TOL = 1e-4
 
 

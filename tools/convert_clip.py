@@ -1,6 +1,7 @@
-"""Convert CLIP's text tower (``openai/clip-vit-large-patch14``, Open-Sora 2.0) to a MindSpore ``.ckpt`` (or ``.safetensors``).
+"""Convert CLIP's text tower (``openai/clip-vit-large-patch14``, Open-Sora 2.0) to a MindSpore ``.ckpt``/``.safetensors``.
 
-    python tools/convert_clip.py --src ckpts/openai/clip-vit-large-patch14 --target ckpts/openai/clip-vit-large-patch14/model.ckpt
+    python tools/convert_clip.py --src ckpts/openai/clip-vit-large-patch14 \
+        --target ckpts/openai/clip-vit-large-patch14/model.ckpt
 
 Only needed for PyTorch ``.bin`` weights: the folder's ``model.safetensors`` is read directly. ``--src``: the
 Hugging Face directory (``.safetensors`` preferred over ``.bin``) or weight files; ``config.json`` (of the

@@ -17,8 +17,6 @@ accepted and has no effect. ``device_map`` is accepted too (MindSpore places the
 """
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 
 from mindspore import Tensor
@@ -29,8 +27,6 @@ from .clip import CLIPTextConfig, CLIPTextModel
 from .clip_weights import map_names as clip_map_names
 from .embedder import T5Embedder
 from .pretrained import PretrainedTextModel
-
-logger = logging.getLogger(__name__)
 
 
 class CLIPEmbedder(PretrainedTextModel):

@@ -26,7 +26,7 @@ class TokenizerError(ValueError):
 
 
 def load_tokenizer(path: str, name: str, files: tuple, repo: str):
-    """A ``transformers`` tokenizer (``AutoTokenizer``) from a local directory holding one of ``files`` (no download)."""
+    """A ``transformers`` tokenizer (``AutoTokenizer``) from a local directory holding one of ``files``; no download."""
     if not os.path.isdir(path):
         raise TokenizerError(f"{name} tokenizer directory not found: {path}")
     if not any(os.path.isfile(os.path.join(path, f)) for f in files):
