@@ -19,7 +19,6 @@ the official directory already has ``.safetensors`` shards, no conversion is nee
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import logging
 import os
@@ -31,23 +30,10 @@ from opensora.models.text_encoder.t5 import T5Config, t5_encoder_param_shapes  #
 from opensora.models.text_encoder.t5_weights import EMBED_ALIAS, EMBED_NAME, official_to_ms  # noqa: E402
 from opensora.utils.checkpoint import CheckpointError, compare_shapes  # noqa: E402
 from opensora.utils.cli import report_user_errors, run_main  # noqa: E402
-from tools.torch_weights import convert, weight_file_shapes, weight_files  # noqa: E402
-from opensora.dtypes import DTYPE_CHOICES, canonical  # noqa: E402
+from tools.torch_weights import (check_sources, convert, find_config_json, folder_converter_main,  # noqa: E402
+                                 weight_file_shapes, weight_files)
 
 logger = logging.getLogger("convert_t5")
-
-
-def find_config(sources: list[str], config: str | None) -> T5Config:
-    if config:
-        candidates = [config]
-    else:
-        dirs = [s if os.path.isdir(s) else os.path.dirname(os.path.abspath(s)) for s in sources]
-        candidates = [os.path.join(d, "config.json") for d in dict.fromkeys(dirs)]
-    for path in candidates:
-        if os.path.isfile(path):
-            return T5Config.from_json(path)
-    raise CheckpointError(f"no T5 config.json found (looked at {', '.join(candidates)}); pass --config "
-                          "with the config.json of the Hugging Face repository DeepFloyd/t5-v1_1-xxl")
 
 
 class EmbeddingTie:
@@ -89,17 +75,10 @@ def precheck(files: list[str], expected: dict) -> None:
 
 
 def convert_t5(sources: list[str], target: str, dtype: str | None = None, config: str | None = None):
-    missing = [s for s in sources if not os.path.exists(s)]
-    if missing:
-        raise CheckpointError(f"--src not found: {', '.join(missing)}")
+    check_sources(sources, dtype)
     files = weight_files(sources)
-    cfg = find_config(sources, config)
+    cfg = T5Config.from_json(find_config_json(sources, config, "DeepFloyd/t5-v1_1-xxl"))
     expected = t5_encoder_param_shapes(cfg)
-    if dtype is not None:
-        try:
-            canonical(dtype)
-        except ValueError as err:
-            raise CheckpointError(f"--dtype: {err}") from None
     precheck(files, expected)
     rename = EmbeddingTie()
     report = convert(files, target, expected, rename=rename, dtype=dtype)
@@ -111,15 +90,7 @@ def convert_t5(sources: list[str], target: str, dtype: str | None = None, config
 
 @report_user_errors
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--src", nargs="+", required=True, help="Hugging Face T5 directory or weight files")
-    parser.add_argument("--target", required=True, help="output .ckpt or .safetensors (e.g. <dir>/model.ckpt)")
-    parser.add_argument("--dtype", default=None, choices=DTYPE_CHOICES, help="cast floats (default: keep)")
-    parser.add_argument("--config", default=None, help="config.json (default: the one in the source directory)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    convert_t5(args.src, args.target, args.dtype, args.config)
-    return 0
+    return folder_converter_main(argv, __doc__, "T5", convert_t5)
 
 
 if __name__ == "__main__":

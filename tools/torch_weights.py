@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import mindspore as ms  # noqa: E402  (imported before safetensors so that bf16 files can be read)
 
-from opensora.dtypes import to_ms_dtype  # noqa: E402
+from opensora.dtypes import DTYPE_CHOICES, canonical, to_ms_dtype  # noqa: E402
 from opensora.utils.checkpoint import CheckpointError, KeyReport, atomic_path, compare_shapes  # noqa: E402
 
 WRAPPER_KEYS = ("ema", "state_dict", "model", "module")
@@ -76,6 +76,46 @@ def weight_files(source: str | Iterable[str], patterns=(".safetensors", ".bin", 
                 return found
         raise CheckpointError(f"no weight files ({', '.join(patterns)}) in {source}")
     return [source]
+
+
+def check_sources(sources: list[str], dtype: str | None) -> None:
+    """The converters' argument checks: every ``--src`` exists, ``--dtype`` is known."""
+    missing = [s for s in sources if not os.path.exists(s)]
+    if missing:
+        raise CheckpointError(f"--src not found: {', '.join(missing)}")
+    if dtype is not None:
+        try:
+            canonical(dtype)
+        except ValueError as err:
+            raise CheckpointError(f"--dtype: {err}") from None
+
+
+def folder_converter_main(argv, doc: str, model: str, convert_fn) -> int:
+    """The command line of the converters of Hugging Face folders (T5, CLIP): ``--src``, ``--target``,
+    ``--dtype``, ``--config``, then ``convert_fn(src, target, dtype, config)``."""
+    import argparse
+    import logging
+
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--src", nargs="+", required=True, help=f"Hugging Face {model} directory or weight files")
+    parser.add_argument("--target", required=True, help="output .ckpt or .safetensors (e.g. <dir>/model.ckpt)")
+    parser.add_argument("--dtype", default=None, choices=DTYPE_CHOICES, help="cast floats (default: keep)")
+    parser.add_argument("--config", default=None, help="config.json (default: the one in the source directory)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    convert_fn(args.src, args.target, args.dtype, args.config)
+    return 0
+
+
+def find_config_json(sources: list[str], config: str | None, repo: str) -> str:
+    """``config`` if given, else the ``config.json`` next to the first source that has one."""
+    dirs = [s if os.path.isdir(s) else os.path.dirname(os.path.abspath(s)) for s in sources]
+    candidates = [config] if config else [os.path.join(d, "config.json") for d in dict.fromkeys(dirs)]
+    for path in candidates:
+        if os.path.isfile(path):
+            return path
+    raise CheckpointError(f"no config.json found (looked at {', '.join(candidates)}); pass --config with the "
+                          f"config.json of the Hugging Face repository {repo}")
 
 
 def iter_weight_file(path: str) -> Iterator[tuple[str, np.ndarray]]:

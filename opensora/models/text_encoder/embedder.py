@@ -15,89 +15,47 @@ Captions are NOT cleaned here (upstream cleans in the inference script; use ``te
 """
 from __future__ import annotations
 
-import glob
 import logging
-import os
 
 import numpy as np
 
 import mindspore as ms
 from mindspore import Tensor
-from mindspore.nn.utils import no_init_parameters
 
-from ...dtypes import to_ms_dtype
-from ..layers import forms
 from ..registry import TEXT_ENCODERS
+from .pretrained import PretrainedTextModel
 from .t5 import T5Config, T5EncoderModel
-from .t5_weights import find_weights, load_t5_weights
-from .tokenizer import load_t5_tokenizer, tokenize
+from .t5_weights import map_names
 
 logger = logging.getLogger(__name__)
 
-def check_dtype_supported(dtype: ms.Type) -> None:
-    """bfloat16 only where the device computes in it (see ``forms.bfloat16_compute_available``)."""
-    if dtype == ms.bfloat16 and not forms.bfloat16_compute_available():
-        raise ValueError(f"T5 in bfloat16 needs an Ascend device ({forms.backend()} has no bfloat16 "
-                         "matmul/norm/softmax kernels); use dtype float32 or float16 here")
 
+class T5Embedder(PretrainedTextModel):
+    """Tokenizer + :class:`T5EncoderModel` (upstream's ``T5Embedder``).
 
-def resolve_pretrained(from_pretrained: str, cache_dir: str | None = None) -> str:
-    """A local directory or weight file for ``from_pretrained`` (no network): see the module doc."""
-    if from_pretrained is None:
-        raise ValueError("T5Encoder needs from_pretrained: a local DeepFloyd/t5-v1_1-xxl directory or a converted .ckpt")
-    tried = [from_pretrained]
-    if os.path.exists(from_pretrained):
-        return from_pretrained
-    if cache_dir:
-        org, _, name = from_pretrained.rpartition("/")
-        candidates = [os.path.join(cache_dir, from_pretrained), os.path.join(cache_dir, name)]
-        hub = os.path.join(cache_dir, f"models--{from_pretrained.replace('/', '--')}", "snapshots", "*")
-        candidates += sorted(glob.glob(hub), key=os.path.getmtime, reverse=True)
-        for candidate in candidates:
-            tried.append(candidate)
-            if os.path.isdir(candidate):
-                return candidate
-    raise FileNotFoundError(
-        f"T5 weights not found; tried: {', '.join(tried)}. Download the Hugging Face repository "
-        f"{from_pretrained} (config.json, spiece.model, tokenizer files, weights) to a local directory and pass "
-        "it as from_pretrained (or set cache_dir); nothing is downloaded at run time")
+    ``use_attention_mask``: False runs the encoder without a mask, every position attending to all
+    ``model_max_length`` tokens, padding included: Open-Sora 2.0 calls T5 so (``attention_mask=None``).
+    """
 
-
-class T5Embedder:
-    """Tokenizer + :class:`T5EncoderModel` (upstream's ``T5Embedder``)."""
+    name = "T5"
+    repo = "DeepFloyd/t5-v1_1-xxl"
+    converter = "tools/convert_t5.py"
+    config_class = T5Config
+    model_class = T5EncoderModel
+    map_names = staticmethod(map_names)
 
     def __init__(self, from_pretrained: str, model_max_length: int = 120, dtype=ms.float32,
-                 cache_dir: str | None = None, tokenizer_path: str | None = None):
-        self.dtype = to_ms_dtype(dtype)
-        check_dtype_supported(self.dtype)
-        location = resolve_pretrained(from_pretrained, cache_dir)
-        if os.path.isdir(location):
-            model_dir, weights = location, find_weights(location)
-        else:
-            model_dir, weights = os.path.dirname(os.path.abspath(location)), [location]
-        config_path = os.path.join(model_dir, "config.json")
-        if not os.path.isfile(config_path):
-            raise FileNotFoundError(f"no config.json next to the T5 weights in {model_dir}; copy it from the "
-                                    "Hugging Face repository DeepFloyd/t5-v1_1-xxl")
-        self.model_max_length = int(model_max_length)
-        if self.model_max_length <= 0:
-            raise ValueError(f"model_max_length must be positive, got {model_max_length}")
-        self.tokenizer = load_t5_tokenizer(tokenizer_path or model_dir)  # fail fast, before the weights
-        self.config = T5Config.from_json(config_path)
-        with no_init_parameters():  # weights come from the checkpoint: skip the random initialisation
-            self.model = T5EncoderModel(self.config, dtype=self.dtype)
-        self.model.set_train(False)
-        load_t5_weights(self.model, weights)
-        for param in self.model.get_parameters():
-            param.requires_grad = False
-        logger.info("T5 encoder: %s (%s), max length %d", weights[0], self.dtype, self.model_max_length)
+                 cache_dir: str | None = None, tokenizer_path: str | None = None, use_attention_mask: bool = True):
+        self.use_attention_mask = bool(use_attention_mask)
+        super().__init__(from_pretrained, model_max_length, dtype, cache_dir, tokenizer_path)
 
-    def tokenize(self, texts) -> tuple[np.ndarray, np.ndarray]:
-        return tokenize(self.tokenizer, texts, self.model_max_length)
-
-    def encode_tokens(self, input_ids, attention_mask) -> Tensor:
-        """(B, L) ids and mask -> (B, L, d_model) last hidden state in the model dtype."""
-        return self.model(Tensor(np.asarray(input_ids, np.int32)), Tensor(np.asarray(attention_mask, np.int32)))
+    def encode_tokens(self, input_ids, attention_mask=None) -> Tensor:
+        """(B, L) ids and mask -> (B, L, d_model) last hidden state in the model dtype (the mask is not
+        used, and may be None, when ``use_attention_mask`` is False)."""
+        ids = Tensor(np.asarray(input_ids, np.int32))
+        if not self.use_attention_mask:
+            return self.model(ids, None)
+        return self.model(ids, Tensor(np.asarray(attention_mask, np.int32)))
 
     def get_text_embeddings(self, texts) -> tuple[Tensor, Tensor]:
         ids, mask = self.tokenize(texts)

@@ -22,9 +22,8 @@ DenseReluDense.{wi_0,wi_1,wo}.weight``, ``encoder.final_layer_norm.weight``.
 """
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -33,12 +32,13 @@ from mindspore import Tensor, nn, ops
 
 from ..layers.attention import attention
 from ..layers.nn import Embedding, Linear, RMSNorm, gelu_tanh
+from .hf_config import HFConfig
 
 FP16_MAX = 65504.0
 
 
 @dataclass
-class T5Config:
+class T5Config(HFConfig):
     """The keys of a Hugging Face T5 ``config.json`` that the encoder uses (others are ignored)."""
 
     vocab_size: int = 32128
@@ -51,21 +51,6 @@ class T5Config:
     relative_attention_max_distance: int = 128
     layer_norm_epsilon: float = 1e-6
     feed_forward_proj: str = "gated-gelu"
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "T5Config":
-        names = {f.name for f in fields(cls)}
-        config = cls(**{k: v for k, v in data.items() if k in names})
-        config.check()
-        return config
-
-    @classmethod
-    def from_json(cls, path: str) -> "T5Config":
-        with open(path, "r", encoding="utf-8") as f:
-            return cls.from_dict(json.load(f))
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
     @property
     def is_gated(self) -> bool:
@@ -262,7 +247,8 @@ class T5Stack(nn.Cell):
 class T5EncoderModel(nn.Cell):
     """``transformers.T5EncoderModel`` for inference: ``(input_ids, attention_mask) -> last_hidden_state``.
 
-    ``input_ids`` (B, L) int, ``attention_mask`` (B, L) with 1 for real tokens. Returns (B, L, d_model)
+    ``input_ids`` (B, L) int, ``attention_mask`` (B, L) with 1 for real tokens, or None for no mask (as
+    ``transformers`` without one: Open-Sora 2.0's call). Returns (B, L, d_model)
     in ``dtype`` (the dtype of the parameters).
     """
 
@@ -273,7 +259,9 @@ class T5EncoderModel(nn.Cell):
         self.shared = Embedding(config.vocab_size, config.d_model, dtype)
         self.encoder = T5Stack(config, dtype)
 
-    def construct(self, input_ids, attention_mask):
+    def construct(self, input_ids, attention_mask=None):
         x = self.shared(input_ids)
+        if attention_mask is None:  # every position attends to every token, padding included (Open-Sora 2.0)
+            return self.encoder(x, None)
         mask = attention_mask.astype(ms.bool_).reshape(attention_mask.shape[0], 1, 1, attention_mask.shape[1])
         return self.encoder(x, mask)

@@ -1,4 +1,4 @@
-"""Where the T5 weights are, how the official names map onto :class:`T5EncoderModel`, and loading them.
+"""How the official T5 names map onto :class:`T5EncoderModel` (loaded by ``pretrained.load_renamed``).
 
 The official checkpoint (``DeepFloyd/t5-v1_1-xxl``, a ``transformers`` ``T5EncoderModel``; key list
 in ``/work/shared/manifests/t5_v1_1_xxl_encoder.json``) has 220 entries: the names of
@@ -14,17 +14,10 @@ Every other key is used unchanged; unknown keys are errors.
 """
 from __future__ import annotations
 
-import glob
-import os
 from typing import Iterable
-
-import mindspore as ms
-
-from ...utils.checkpoint import CheckpointError, KeyReport, load_into, read_checkpoint
 
 EMBED_ALIAS = "encoder.embed_tokens.weight"
 EMBED_NAME = "shared.weight"
-CONVERTED_NAME = "model.ckpt"
 
 
 def official_to_ms(name: str) -> str | None:
@@ -46,48 +39,3 @@ def map_names(names: Iterable[str]) -> dict[str, str]:
             continue
         out[name] = new
     return out
-
-
-def find_weights(model_dir: str) -> list[str]:
-    """The weight files of a T5 directory: ``model.ckpt`` (converted), else ``*.safetensors`` (the
-    official shards, or a ``model.safetensors`` written by tools/convert_t5.py).
-
-    ``.bin`` shards need converting first (reading them needs torch, which the package never imports).
-    """
-    converted = os.path.join(model_dir, CONVERTED_NAME)
-    if os.path.isfile(converted):
-        return [converted]
-    shards = sorted(glob.glob(os.path.join(model_dir, "*.safetensors")))
-    if shards:
-        return shards
-    bins = sorted(glob.glob(os.path.join(model_dir, "*.bin")))
-    if bins:
-        raise CheckpointError(
-            f"{model_dir} holds PyTorch .bin weights, which MindSpore cannot read; convert them once with\n"
-            f"  python tools/convert_t5.py --src {model_dir} --target {converted}\n"
-            f"(or --target {os.path.join(model_dir, 'model.safetensors')}, which MindSpore reads lazily: "
-            "better for the 19 GB XXL encoder)")
-    raise CheckpointError(f"no T5 weights in {model_dir}: expected {CONVERTED_NAME} (tools/convert_t5.py) or "
-                          "the .safetensors files of DeepFloyd/t5-v1_1-xxl")
-
-
-def read_t5_params(paths: list[str]) -> dict[str, ms.Parameter]:
-    """Read converted ``.ckpt`` or official ``.safetensors`` file(s) into MindSpore names."""
-    params: dict[str, ms.Parameter] = {}
-    for path in paths:
-        if path.endswith(".bin") or path.endswith(".pth") or path.endswith(".pt"):
-            raise CheckpointError(f"{path}: PyTorch pickles cannot be read without torch; convert with "
-                                  f"python tools/convert_t5.py --src {path} --target <file>.ckpt")
-        raw = read_checkpoint(path)
-        for name, new in map_names(raw).items():
-            if new in params:
-                raise CheckpointError(f"{new} is given twice (second time in {path})")
-            params[new] = raw[name]
-    return params
-
-
-def load_t5_weights(model, paths: list[str]) -> KeyReport:
-    """Strict load: any missing, unexpected or mis-shaped key raises with the full list, nothing loaded."""
-    params = read_t5_params(paths)
-    source = paths[0] if len(paths) == 1 else f"{os.path.dirname(paths[0])} ({len(paths)} files)"
-    return load_into(model, params, source=source, strict=True)

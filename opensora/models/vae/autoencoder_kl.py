@@ -39,7 +39,12 @@ class ResnetBlock(nn.Cell):
     """diffusers ``ResnetBlock2D`` without time embedding (and the 2.0 video VAE's ``ResnetBlockCausal3D``):
     norm-SiLU-conv twice plus the input, through a 1x1 convolution when the width changes.
     ``conv(in, out, kernel, dtype=...)`` builds the convolutions: 'same'-padded 2-D ones for the image VAE,
-    causal 3-D ones for the video VAE."""
+    causal 3-D ones for the video VAE.
+
+    ``shortcut_name``: the shortcut's attribute (parameter) name; LDM-layout checkpoints (the Flux
+    autoencoder, ``autoencoder_2d.py``) call it ``nin_shortcut``, with the same arithmetic."""
+
+    shortcut_name = "conv_shortcut"
 
     def __init__(self, in_channels: int, out_channels: int, groups: int, eps: float = 1e-6, conv=conv2d_same,
                  dtype=ms.float32):
@@ -48,13 +53,15 @@ class ResnetBlock(nn.Cell):
         self.conv1 = conv(in_channels, out_channels, 3, dtype=dtype)
         self.norm2 = GroupNorm(groups, out_channels, eps=eps, dtype=dtype)
         self.conv2 = conv(out_channels, out_channels, 3, dtype=dtype)
-        self.conv_shortcut = conv(in_channels, out_channels, 1, dtype=dtype) if in_channels != out_channels else None
+        shortcut = conv(in_channels, out_channels, 1, dtype=dtype) if in_channels != out_channels else None
+        setattr(self, self.shortcut_name, shortcut)
 
     def construct(self, x):
         h = self.conv1(silu(self.norm1(x)))
         h = self.conv2(silu(self.norm2(h)))
-        if self.conv_shortcut is not None:
-            x = self.conv_shortcut(x)
+        shortcut = getattr(self, self.shortcut_name)
+        if shortcut is not None:
+            x = shortcut(x)
         return x + h
 
 
