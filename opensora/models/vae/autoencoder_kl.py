@@ -19,7 +19,7 @@ import mindspore as ms
 from mindspore import nn, ops
 
 from ..layers.attention import attention
-from ..layers.nn import Conv2d, GroupNorm, Linear, silu, upsample_nearest2x
+from ..layers.nn import Conv2d, GroupNorm, Linear, pad2d_zeros, silu, upsample_nearest2x
 
 SUPPORTED_DOWN = ("DownEncoderBlock2D",)
 SUPPORTED_UP = ("UpDecoderBlock2D",)
@@ -117,7 +117,7 @@ class Downsample(nn.Cell):
         self.conv = Conv2d(channels, channels, 3, stride=2, padding=0)
 
     def construct(self, x):
-        return self.conv(ops.pad(x, (0, 1, 0, 1)))
+        return self.conv(pad2d_zeros(x, (0, 1, 0, 1)))
 
 
 class Upsample(nn.Cell):
