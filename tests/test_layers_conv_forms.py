@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 import mindspore as ms
 
+from opensora.models.layers import forms
 from opensora.models.layers.nn import Conv2d, Conv3d, GroupNorm, pad2d_zeros, upsample_nearest2x
 from opensora.models.vae.vae_temporal import CausalConv3d
 
@@ -46,7 +47,7 @@ def test_conv_as_gemms_matches_torch(case, mode):
     cls, fn = (Conv2d, F.conv2d) if dims == 2 else (Conv3d, F.conv3d)
     conv = cls(cin, cout, k, stride=s, padding=p, dilation=d)
     conv.taps_min_macs = 0  # the GEMM form even for these small shapes
-    assert conv._by_gemm
+    assert conv._convolution is forms.CONVOLUTION.cpu
     x = np.random.default_rng(0).standard_normal((shape[0], cin) + shape[1:]).astype(np.float32)
     out = conv(ms.Tensor(x)).asnumpy()
     ref = fn(torch.tensor(x), torch.tensor(conv.weight.asnumpy()), torch.tensor(conv.bias.asnumpy()),
@@ -71,16 +72,18 @@ def test_causal_conv3d_matches_torch(stride, kernel, mode):
 
 
 @MODES
+@pytest.mark.parametrize("cpu", [True, False], ids=["cpu-form", "plain-form"])
 @pytest.mark.parametrize("shape,groups,affine", [((2, 8, 5, 7), 4, True), ((1, 8, 3, 4, 5), 2, True),
                                                  ((3, 6, 4, 4), 3, False)])
-def test_group_norm_matches_torch(shape, groups, affine, mode):
+def test_group_norm_matches_torch(shape, groups, affine, cpu, mode):
     ms.set_context(mode=mode)
     rng = np.random.default_rng(2)
-    norm = GroupNorm(groups, shape[1], eps=1e-6, affine=affine)
+    with forms.formulations(cpu=cpu):
+        norm = GroupNorm(groups, shape[1], eps=1e-6, affine=affine)
     if affine:
         norm.weight.set_data(ms.Tensor(rng.standard_normal(shape[1]).astype(np.float32)))
         norm.bias.set_data(ms.Tensor(rng.standard_normal(shape[1]).astype(np.float32)))
-    assert norm.cpu_forms
+    assert norm._group_norm is (forms.GROUP_NORM.cpu if cpu else forms.GROUP_NORM.plain)
     x = (rng.standard_normal(shape) * 3 + 2).astype(np.float32)  # a mean far from zero: two-pass variance
     out = norm(ms.Tensor(x)).asnumpy()
     w = torch.tensor(norm.weight.asnumpy()) if affine else None

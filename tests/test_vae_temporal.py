@@ -215,7 +215,8 @@ def test_folder_converts_without_flags_and_matches_reference(v12_dir, tmp_path):
     assert main(["--source", v12_dir, "--target", target]) == 0
     vae = VideoAutoencoderPipeline(**v1_2_pipeline_kwargs(from_pretrained=v12_dir), from_pretrained=target)
     vae.set_train(False)
-    ref = RefPipeline(load_file(f"{v12_dir}/model.safetensors"), 17)
+    ref = VideoVAEPipelineTorch(load_file(f"{v12_dir}/model.safetensors"), TINY_SD_CONFIG, TINY_TEMPORAL_KWARGS,
+                                17)
     z = np.random.default_rng(5).standard_normal((1, 4, 5, 1, 1)).astype(np.float32)
     with torch.no_grad():
         expected = ref.decode(torch.tensor(z), 17).numpy()
