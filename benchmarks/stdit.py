@@ -307,7 +307,7 @@ def summarize_report(report, depth):
         report["ratio_vs_brief_41s"] = full / 41.0
 
 
-def main(argv=None):
+def run(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--depth", type=int, default=FULL_DEPTH)
     parser.add_argument("--runs", type=int, default=3)
@@ -382,4 +382,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run()

@@ -104,7 +104,7 @@ def _isolated(size, mode, recompute, steps) -> dict:
             return json.load(f)["results"][0]
 
 
-def main():
+def run(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="+", default=["tiny", "medium"], choices=list(SIZES))
     parser.add_argument("--modes", nargs="+", default=["graph", "pynative"], choices=["graph", "pynative"])
@@ -113,7 +113,7 @@ def main():
     parser.add_argument("--use_parallel", action="store_true", help="under msrun: data parallel")
     parser.add_argument("--zero_stage", type=int, default=0, choices=[0, 1])
     parser.add_argument("--out", default=None, help="JSON report path")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     from opensora.runtime import default_env, init_runtime
 
@@ -136,4 +136,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run()

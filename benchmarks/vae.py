@@ -1,68 +1,133 @@
-"""Encode/decode time and peak memory of the FULL-size Open-Sora 1.2 VAE (random weights).
+"""Encode/decode time and peak memory of the FULL-size Open-Sora 1.2 VAE (random weights), optionally
+beside the PyTorch reference in the same run.
 
-    python -m benchmarks.vae                                   # 144p 2s and 240p 2s (slow on a CPU)
-    python -m benchmarks.vae --resolutions 144p --num_frames 17 --output bench/vae.json
-    flock /tmp/heavy.lock python -m benchmarks.vae ...         # on a shared machine
+    python scripts/benchmark.py vae --resolutions 144p --num_frames 17 --torch --output bench/vae.json
+    python scripts/benchmark.py vae                            # 144p 2s and 240p 2s, graph mode
+    flock /work/.cpu.lock python scripts/benchmark.py vae ...  # on a shared machine
 
-Each case: a (1, 3, T, H, W) video in [-1, 1] (aspect 9:16 -> landscape H x W from the preset table),
-``encode_posterior`` and ``decode(num_frames=T)`` timed separately, with the process's peak RSS during
-each. The VAE runs chunked as in inference (``micro_frame_size`` 17, ``micro_batch_size`` frames per
-image-VAE call), so memory is bounded by one chunk's activations, not the whole video's.
+Each case: a (1, 3, T, H, W) video in [-1, 1] (aspect 9:16 -> H x W from the preset table) and a latent
+of the matching size. Parts: ``encode`` (``encode_posterior``: spatial then temporal VAE), ``decode``
+(``decode(num_frames=T)``), the latter split into its temporal and spatial halves. The VAE runs chunked
+as in inference (``micro_frame_size`` 17, ``micro_batch_size`` frames per image-VAE call), so memory is
+bounded by one chunk's activations. ``--runs`` times each part that often; in graph mode the first run
+includes compiling one graph per chunk shape, so the steady figure is the last run and the first is
+reported apart.
+
+``--torch``: the PyTorch reference of the tests (``tests/reference/vae_temporal_torch.py``: upstream's
+temporal VAE and pipeline, diffusers' ``AutoencoderKL`` as the spatial VAE), same weights, same inputs,
+2 threads, timed alternately with MindSpore (MindSpore part, then the same torch part) so that both see
+the same machine; ``ratio`` = MindSpore / torch per part. Both models live in this one process: peak RSS
+figures are the process's, and ``rss_rise_gb`` is each part's rise above the RSS before it.
 """
 from __future__ import annotations
 
 import argparse
 import gc
+import os
 import time
 
 import numpy as np
 
 from benchmarks.common import PeakMemory, host_info, rss_bytes, write_report
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PARTS = ("encode", "temporal_decode", "spatial_decode")
 
-def run_case(vae, resolution: str, aspect_ratio: str, num_frames: int, parts) -> dict:
+
+def _timed(fn):
+    """(seconds, peak RSS GB, RSS rise GB, result) of one call."""
+    gc.collect()
+    before = rss_bytes()
+    with PeakMemory() as mem:
+        start = time.perf_counter()
+        out = fn()
+        seconds = time.perf_counter() - start
+    return seconds, mem.peak_gb, (mem.peak - before) / 2**30, out
+
+
+def mindspore_parts(vae, x, z, num_frames):
+    """{part: callable} over the MindSpore VAE; each returns a numpy array (so the work is done)."""
     import mindspore as ms
 
+    return {
+        "encode": lambda: vae.encode_posterior(ms.Tensor(x))[0].asnumpy(),
+        "temporal_decode": lambda: vae.temporal_decode(ms.Tensor(z), num_frames).asnumpy(),
+        "spatial_decode": lambda x_z: vae.spatial_vae.decode(ms.Tensor(x_z)).asnumpy(),
+    }
+
+
+def torch_parts(ref, x, z, num_frames):
+    import torch
+
+    def run(fn):
+        with torch.no_grad():
+            return fn().numpy()
+
+    return {
+        "encode": lambda: run(lambda: ref.encode_mean_std(torch.from_numpy(x))[0]),
+        "temporal_decode": lambda: run(lambda: ref.temporal_decode(torch.from_numpy(z), num_frames)),
+        "spatial_decode": lambda x_z: run(lambda: ref.spatial_decode(torch.from_numpy(x_z))),
+    }
+
+
+def run_case(vae, ref, resolution, aspect_ratio, num_frames, runs, parts) -> dict:
     from opensora.datasets.aspect import get_image_size
 
     height, width = get_image_size(resolution, aspect_ratio)
-    x = ms.Tensor(np.random.default_rng(0).uniform(-1, 1, (1, 3, num_frames, height, width)).astype(np.float32))
-    result = {"resolution": resolution, "aspect_ratio": aspect_ratio, "num_frames": num_frames,
-              "height": height, "width": width, "latent_size": vae.get_latent_size([num_frames, height, width])}
-    latent_shape = tuple([1, vae.out_channels] + result["latent_size"])
-    z = None
-    if "encode" in parts:
-        gc.collect()
-        with PeakMemory() as mem:
-            start = time.perf_counter()
-            z, _ = vae.encode_posterior(x)
-            z.asnumpy()
-            result["encode_s"] = time.perf_counter() - start
-        result["encode_peak_rss_gb"] = mem.peak_gb
-        result["encoded_shape"] = list(z.shape)
-    if "decode" in parts:
-        if z is None:
-            z = ms.Tensor(np.random.default_rng(1).standard_normal(latent_shape).astype(np.float32))
-        gc.collect()
-        with PeakMemory() as mem:
-            start = time.perf_counter()
-            out = vae.decode(z, num_frames=num_frames)
-            out.asnumpy()
-            result["decode_s"] = time.perf_counter() - start
-        result["decode_peak_rss_gb"] = mem.peak_gb
-        result["decoded_shape"] = list(out.shape)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (1, 3, num_frames, height, width)).astype(np.float32)
+    latent = vae.get_latent_size([num_frames, height, width])
+    z = rng.standard_normal([1, vae.out_channels] + latent).astype(np.float32)
+    result = {"resolution": resolution, "aspect_ratio": aspect_ratio, "num_frames": num_frames, "height": height,
+              "width": width, "latent_size": latent, "parts": {}}
+    sides = {"mindspore": mindspore_parts(vae, x, z, num_frames)}
+    if ref is not None:
+        sides["torch"] = torch_parts(ref, x, z, num_frames)
+    x_z = {}  # the spatial decoder's input: each side's own temporal decode
+    for part in parts:
+        entry = result["parts"].setdefault(part, {})
+        for r in range(runs):
+            for side, fns in sides.items():  # alternate: MindSpore, then torch, per run
+                fn = fns[part]
+                call = (lambda fn=fn, side=side: fn(x_z[side])) if part == "spatial_decode" else fn
+                if part == "spatial_decode" and side not in x_z:
+                    x_z[side] = sides[side]["temporal_decode"]()
+                seconds, peak, rise, out = _timed(call)
+                if part == "temporal_decode":
+                    x_z[side] = out
+                stats = entry.setdefault(side, {"seconds": [], "peak_rss_gb": 0.0, "rss_rise_gb": 0.0})
+                stats["seconds"].append(round(seconds, 3))
+                stats["peak_rss_gb"] = round(max(stats["peak_rss_gb"], peak), 3)
+                stats["rss_rise_gb"] = round(max(stats["rss_rise_gb"], rise), 3)
+                stats["output_shape"] = list(out.shape)
+                print(f"{resolution} {num_frames}f {part} {side} run {r + 1}: {seconds:.2f} s", flush=True)
+        for side, stats in entry.items():
+            stats["first_s"] = stats["seconds"][0]
+            stats["steady_s"] = stats["seconds"][-1]
+        if "torch" in entry:
+            entry["ratio_steady"] = round(entry["mindspore"]["steady_s"] / entry["torch"]["steady_s"], 3)
+            entry["ratio_first"] = round(entry["mindspore"]["first_s"] / entry["torch"]["first_s"], 3)
+    decode = [result["parts"][p] for p in ("temporal_decode", "spatial_decode") if p in result["parts"]]
+    if len(decode) == 2:
+        for side in sides:
+            result.setdefault("decode_steady_s", {})[side] = round(sum(d[side]["steady_s"] for d in decode), 3)
+        if "torch" in sides:
+            total = result["decode_steady_s"]
+            result["decode_ratio_steady"] = round(total["mindspore"] / total["torch"], 3)
     return result
 
 
-def main(argv=None) -> dict:
+def run(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--resolutions", nargs="+", default=["144p", "240p"])
     parser.add_argument("--aspect_ratio", default="9:16")
     parser.add_argument("--num_frames", default="2s", help="frames per video: a count or 2s/4s... (2s = 51)")
     parser.add_argument("--micro_batch_size", type=int, default=4)
     parser.add_argument("--micro_frame_size", type=int, default=17)
-    parser.add_argument("--parts", nargs="+", default=["encode", "decode"], choices=["encode", "decode"])
-    parser.add_argument("--mode", default="pynative", choices=["pynative", "graph"])
+    parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=list(PARTS))
+    parser.add_argument("--mode", default="graph", choices=["pynative", "graph"])
+    parser.add_argument("--runs", type=int, default=2, help="timed runs per part and side (graph: first compiles)")
+    parser.add_argument("--torch", action="store_true", help="time the PyTorch reference alternately, same inputs")
     parser.add_argument("--output", default=None, help="write the JSON report here too")
     args = parser.parse_args(argv)
 
@@ -78,13 +143,33 @@ def main(argv=None) -> dict:
     report = {"benchmark": "vae", "model": "OpenSoraVAE_V1_2 (full size, random weights)",
               "parameters": int(sum(int(np.prod(p.shape)) for p in vae.get_parameters())),
               "build_s": time.perf_counter() - start, "rss_after_build_gb": rss_bytes() / 2**30,
-              "mode": args.mode, "micro_batch_size": args.micro_batch_size,
+              "mode": args.mode, "micro_batch_size": args.micro_batch_size, "runs": args.runs,
               "micro_frame_size": args.micro_frame_size, "host": host_info(), "cases": []}
+    ref = None
+    if args.torch:
+        ref = build_torch_reference(vae, args.micro_frame_size, args.micro_batch_size)
+        report["torch"] = {"threads": 2, "reference": "tests/reference/vae_temporal_torch.py + diffusers AutoencoderKL",
+                           "rss_after_build_gb": rss_bytes() / 2**30}
     for resolution in args.resolutions:
-        report["cases"].append(run_case(vae, resolution, args.aspect_ratio, num_frames, args.parts))
+        report["cases"].append(run_case(vae, ref, resolution, args.aspect_ratio, num_frames, args.runs, args.parts))
         write_report(report, args.output)  # after each case: a long run keeps what it measured
     return report
 
 
+def build_torch_reference(vae, micro_frame_size, micro_batch_size):
+    """The PyTorch pipeline of the tests with the MindSpore model's weights."""
+    import torch
+
+    from opensora.models.vae.loading import SDXL_VAE_CONFIG, read_json
+    from tests.reference.vae_temporal_torch import VideoVAEPipelineTorch
+
+    torch.set_num_threads(2)
+    state = {p.name: torch.from_numpy(p.asnumpy()) for p in vae.get_parameters()}
+    # the full-size VAE_Temporal_SD keywords, as recorded with the official checkpoint's key/shape manifest
+    temporal_kwargs = read_json(os.path.join(ROOT, "tests", "manifests", "vae_v1_2.json"))["temporal_vae_kwargs"]
+    return VideoVAEPipelineTorch(state, read_json(SDXL_VAE_CONFIG), temporal_kwargs, micro_frame_size,
+                                 micro_batch_size)
+
+
 if __name__ == "__main__":
-    main()
+    run()

@@ -6,113 +6,15 @@ import json
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 import mindspore as ms
 
 from opensora.models.registry import VAES
 from opensora.models.vae import OpenSoraVAE_V1_2, VAE_Temporal
 from tests.fixtures.tiny_vae import TINY_SD_CONFIG, TINY_TEMPORAL_KWARGS, make_opensora_vae_dir
+from tests.reference.vae_temporal_torch import VideoVAEPipelineTorch, ref_temporal_decode, ref_temporal_encode
 
 TOL = 1e-4
-
-
-# ---------------------------------------------------------------- PyTorch reference (upstream behaviour)
-def ref_causal_conv(x, sd, name, stride_t=1):
-    """Zero-pad (kt-1)+(1-stride) frames in front, spatial 'same' padding, then conv3d."""
-    w = sd[f"{name}.conv.weight"]
-    b = sd.get(f"{name}.conv.bias")
-    kt, kh, kw = w.shape[2:]
-    time_pad = (kt - 1) + (1 - stride_t)
-    x = F.pad(x, (kw // 2, kw // 2, kh // 2, kh // 2, time_pad, 0))
-    return F.conv3d(x, w, b, stride=(stride_t, 1, 1))
-
-
-def ref_resblock(x, sd, name, groups):
-    h = F.silu(F.group_norm(x, groups, sd[f"{name}.norm1.weight"], sd[f"{name}.norm1.bias"], 1e-5))
-    h = ref_causal_conv(h, sd, f"{name}.conv1")
-    h = F.silu(F.group_norm(h, groups, sd[f"{name}.norm2.weight"], sd[f"{name}.norm2.bias"], 1e-5))
-    h = ref_causal_conv(h, sd, f"{name}.conv2")
-    if f"{name}.conv3.conv.weight" in sd:
-        x = ref_causal_conv(x, sd, f"{name}.conv3")
-    return x + h
-
-
-def ref_temporal_encode(x, sd, kw):
-    """-> (mean, std) of the temporal posterior; x (B, 4, T, H, W)."""
-    g, levels, nres = kw["num_groups"], len(kw["channel_multipliers"]), kw["num_res_blocks"]
-    factor = 2 ** sum(kw["temporal_downsample"])
-    pad = (factor - x.shape[2] % factor) % factor
-    x = F.pad(x, (0, 0, 0, 0, pad, 0))
-    h = ref_causal_conv(x, sd, "encoder.conv_in")
-    for i in range(levels):
-        for j in range(nres):
-            h = ref_resblock(h, sd, f"encoder.block_res_blocks.{i}.{j}", g)
-        if i < levels - 1 and kw["temporal_downsample"][i]:
-            h = ref_causal_conv(h, sd, f"encoder.conv_blocks.{i}", stride_t=2)
-    for j in range(nres):
-        h = ref_resblock(h, sd, f"encoder.res_blocks.{j}", g)
-    h = F.silu(F.group_norm(h, g, sd["encoder.norm1.weight"], sd["encoder.norm1.bias"], 1e-5))
-    moments = ref_causal_conv(ref_causal_conv(h, sd, "encoder.conv2"), sd, "quant_conv")
-    mean, logvar = moments.chunk(2, dim=1)
-    return mean, torch.exp(0.5 * logvar.clamp(-30, 20))
-
-
-def ref_temporal_decode(z, sd, kw, num_frames):
-    g, levels, nres = kw["num_groups"], len(kw["channel_multipliers"]), kw["num_res_blocks"]
-    factor = 2 ** sum(kw["temporal_downsample"])
-    h = ref_causal_conv(ref_causal_conv(z, sd, "post_quant_conv"), sd, "decoder.conv1")
-    for j in range(nres):
-        h = ref_resblock(h, sd, f"decoder.res_blocks.{j}", g)
-    for i in reversed(range(levels)):
-        for j in range(nres):
-            h = ref_resblock(h, sd, f"decoder.block_res_blocks.{i}.{j}", g)
-        if i > 0 and kw["temporal_downsample"][i - 1]:
-            h = ref_causal_conv(h, sd, f"decoder.conv_blocks.{i - 1}")
-            b, c, t, hh, ww = h.shape  # "B (C ts) T H W -> B C (T ts) H W"
-            h = h.reshape(b, c // 2, 2, t, hh, ww).permute(0, 1, 3, 2, 4, 5).reshape(b, c // 2, t * 2, hh, ww)
-    h = F.silu(F.group_norm(h, g, sd["decoder.norm1.weight"], sd["decoder.norm1.bias"], 1e-5))
-    out = ref_causal_conv(h, sd, "decoder.conv_out")
-    return out[:, :, (factor - num_frames % factor) % factor:]
-
-
-class RefPipeline:
-    """Upstream's VideoAutoencoderPipeline with posterior means instead of samples."""
-
-    def __init__(self, state, micro_frame_size):
-        from diffusers import AutoencoderKL
-
-        cfg = {k: v for k, v in TINY_SD_CONFIG.items() if not k.startswith("_")}
-        self.spatial = AutoencoderKL(**cfg).eval()
-        prefix = "spatial_vae.module."
-        self.spatial.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
-        self.temporal = {k[len("temporal_vae."):]: v for k, v in state.items() if k.startswith("temporal_vae.")}
-        self.shift, self.scale = state["shift"], state["scale"]
-        self.mfs = micro_frame_size
-        self.mzs = (micro_frame_size + (4 - micro_frame_size % 4) % 4) // 4
-
-    def encode_mean_std(self, x):
-        b, c, t, h, w = x.shape
-        frames = x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
-        x_z = self.spatial.encode(frames).latent_dist.mean * 0.18215
-        x_z = x_z.reshape(b, t, 4, h // 8, w // 8).permute(0, 2, 1, 3, 4)
-        pieces = [ref_temporal_encode(x_z[:, :, i:i + self.mfs], self.temporal, TINY_TEMPORAL_KWARGS)
-                  for i in range(0, t, self.mfs)]
-        mean = torch.cat([p[0] for p in pieces], 2)
-        std = torch.cat([p[1] for p in pieces], 2)
-        return (mean - self.shift) / self.scale, std / self.scale
-
-    def decode(self, z, num_frames):
-        z = z * self.scale + self.shift
-        pieces = []
-        for i in range(0, z.shape[2], self.mzs):
-            pieces.append(ref_temporal_decode(z[:, :, i:i + self.mzs], self.temporal, TINY_TEMPORAL_KWARGS,
-                                              min(self.mfs, num_frames)))
-            num_frames -= self.mfs
-        x_z = torch.cat(pieces, 2)
-        b, c, t, h, w = x_z.shape
-        out = self.spatial.decode(x_z.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w) / 0.18215).sample
-        return out.reshape(b, t, 3, h * 8, w * 8).permute(0, 2, 1, 3, 4)
 
 
 # ---------------------------------------------------------------- tests
@@ -200,7 +102,7 @@ def v12_dir(tmp_path_factory):
 def test_pipeline_matches_reference(v12_dir, micro_frame_size, frames, micro_batch_size):
     vae = VAES.build({"type": "OpenSoraVAE_V1_2", "from_pretrained": v12_dir, "micro_frame_size": micro_frame_size,
                       "micro_batch_size": micro_batch_size})
-    ref = RefPipeline(_state(vae), micro_frame_size)
+    ref = VideoVAEPipelineTorch(_state(vae), TINY_SD_CONFIG, TINY_TEMPORAL_KWARGS, micro_frame_size)
     size = 16 if micro_batch_size is None and frames == 17 else 8
     x = np.random.default_rng(frames).uniform(-1, 1, (1, 3, frames, size, size)).astype(np.float32)
     mean, std = vae.encode_posterior(ms.Tensor(x))
@@ -313,7 +215,8 @@ def test_folder_converts_without_flags_and_matches_reference(v12_dir, tmp_path):
     assert main(["--source", v12_dir, "--target", target]) == 0
     vae = VideoAutoencoderPipeline(**v1_2_pipeline_kwargs(from_pretrained=v12_dir), from_pretrained=target)
     vae.set_train(False)
-    ref = RefPipeline(load_file(f"{v12_dir}/model.safetensors"), 17)
+    ref = VideoVAEPipelineTorch(load_file(f"{v12_dir}/model.safetensors"), TINY_SD_CONFIG, TINY_TEMPORAL_KWARGS,
+                                17)
     z = np.random.default_rng(5).standard_normal((1, 4, 5, 1, 1)).astype(np.float32)
     with torch.no_grad():
         expected = ref.decode(torch.tensor(z), 17).numpy()

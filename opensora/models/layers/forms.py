@@ -6,8 +6,8 @@ broadcasting Mul/Add kernels are 3-4x slower than same-shape ones (a (2160, 1152
 the same-shape Mul 0.7 ms, a K=1 MatMul that materialises the broadcast 0.5 ms), ReduceMean on a 4-D
 tensor is slow, and its convolution is 10-30x slower than torch's for kernels larger than 1. There the
 layers compute the same arithmetic in other forms: row statistics and broadcasts as small MatMuls,
-RoPE's pair rotation as an exact ±1 MatMul, convolutions as sums of 1x1 convolutions over the kernel
-taps. Ascend and GPU keep the native operators (fused kernels; a float32 MatMul may run in reduced
+RoPE's pair rotation as an exact ±1 MatMul, convolutions as MatMuls over shifted slices of the flattened
+input, group norm on 2-D row views. Ascend and GPU keep the native operators (fused kernels; a float32 MatMul may run in reduced
 precision on Ascend, so the MatMul forms are not used there), and only Ascend has flash attention.
 
 The switch: the runtime calls :func:`set_backend` once (``opensora.runtime.init_runtime``); code that
@@ -21,11 +21,13 @@ and, through the models, against the references.
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import numpy as np
 
 import mindspore as ms
 from mindspore import ops
+from mindspore.ops import constexpr
 
 BACKENDS = ("CPU", "GPU", "Ascend")
 _backend: str | None = None  # set by the runtime; None: MindSpore's context at first use
@@ -253,57 +255,135 @@ ROTATE_PAIRS = Formulation(_rotate_pairs_plain, _rotate_pairs_cpu)
 # ---------------------------------------------------------------------------------------------------------
 # convolution (groups 1, symmetric zero padding), N-D as 3-D: a 2-D convolution is one over a depth of 1
 # ---------------------------------------------------------------------------------------------------------
-# Below this many multiply-adds per call the native CPU convolution is as fast as the taps (2 cores)
+# Below this many multiply-adds per call the native CPU convolution is as fast as the GEMM form (2 cores)
 TAPS_MIN_MACS = 3e7
 
 
-def kernel_taps(kernel_size) -> tuple:
-    """Every index of a kernel, e.g. (3, 3) -> ((0, 0), (0, 1), ..., (2, 2))."""
-    return tuple(tuple(int(i) for i in tap) for tap in np.ndindex(*kernel_size))
+def pad_columns(x2, before: int, after: int):
+    """(M, L) -> (M, before + L + after), zeros either side, by one Concat: on the CPU backend ``ops.pad``
+    (PadV3) runs at well under 1 GB/s, Concat at memory speed."""
+    if before == 0 and after == 0:
+        return x2
+    parts = [x2]
+    if before:
+        parts = [ops.zeros((x2.shape[0], before), x2.dtype)] + parts
+    if after:
+        parts = parts + [ops.zeros((x2.shape[0], after), x2.dtype)]
+    return ops.cat(parts, axis=1)
 
 
-def _out_size(size, kernel, stride, dilation):
-    return (size - dilation * (kernel - 1) - 1) // stride + 1
+@functools.lru_cache(maxsize=None)
+def _gemm_plan(x_shape, w_shape, stride, padding, dilation):
+    """The static geometry of :func:`conv_as_gemms` (see there): per axis its stored extent and how it is
+    padded, the flat length of one sample's output grid, the zeros before/after it, and per kernel row
+    (the KW taps of one (i, j)) the (phase, flat offset) of each tap."""
+    n, c = x_shape[:2]
+    sizes, kernel = x_shape[2:], w_shape[2:]
+    out, extent, pad_before, pad_after, head_shift = [], [], [], [], []
+    for size, k, s, (p0, p1), d in zip(sizes, kernel, stride, padding, dilation):
+        out.append((size + p0 + p1 - d * (k - 1) - 1) // s + 1)
+        if s == 1 and min(p0, p1) <= d * (k - 1):
+            # wrapped padding: max(p0, p1) zeros after each line serve as the line's right padding and the
+            # next line's left padding; the left padding of the first line is a shift of the flat origin
+            extent.append(size + max(p0, p1))
+            pad_before.append(0)
+            pad_after.append(max(p0, p1))
+            head_shift.append(p0)
+        else:  # real padding, rounded up to whole strides (the stride's phases are split apart below)
+            e = -(-(size + p0 + p1) // s)
+            extent.append(e)
+            pad_before.append(p0)
+            pad_after.append(e * s - size - p0)
+            head_shift.append(0)
+    ed, eh, ew = extent
+    line = (eh * ew, ew, 1)  # flat stride of each axis inside one phase plane
+    head = sum(h * st for h, st in zip(head_shift, line))
+    taps = []
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            row = []
+            for k in range(kernel[2]):
+                phase, offset = 0, 0
+                for idx, s, d, st, ax in ((i, stride[0], dilation[0], line[0], 0), (j, stride[1], dilation[1], line[1], 1),
+                                          (k, stride[2], dilation[2], line[2], 2)):
+                    phase = phase * s + (idx * d) % s
+                    offset += (idx * d) // s * st
+                row.append((phase, offset))
+            taps.append(tuple(row))
+    length = out[0] * eh * ew
+    plane = ed * eh * ew
+    tail = max(0, length + max(o for row in taps for _, o in row) - head - plane)
+    return (tuple(out), tuple(extent), tuple(pad_before), tuple(pad_after), head, tail, length, tuple(taps))
 
 
-def conv_by_taps(x, weight, bias, stride, padding, dilation, taps):
-    """A 3-D convolution as a sum over the kernel taps of 1x1 convolutions of strided views of the input.
+@constexpr
+def gemm_plan(x_shape, w_shape, stride, padding, dilation):
+    return _gemm_plan(tuple(x_shape), tuple(w_shape), tuple(stride), tuple(padding), tuple(dilation))
 
-    ``x`` (N, C, D, H, W), ``weight`` (O, C, *K), ``taps`` = :func:`kernel_taps` of K. Peak memory is
-    about one padded input plus one view and two outputs (no im2col copy of the whole input).
+
+def conv_as_gemms(x, weight, bias, stride, padding, dilation):
+    """A 3-D convolution (groups 1, zero padding ``((d0, d1), (h0, h1), (w0, w1))``) as MatMuls over
+    contiguous shifted slices of the padded input flattened per channel: the fast path of the CPU backend
+    (2-D convolutions use it with a depth of 1).
+
+    Each sample is stored as (C, D', H', W') flattened to (C, D'·H'·W'); kernel tap (i, j, k) then reads the
+    same flat slice shifted by ``i·H'W' + j·W' + k``, so the output on the whole (D_out, H', W') grid is the
+    sum over kernel rows of one MatMul ``weight[:, :, i, j, :] (O, C·KW) @ [KW shifted slices] (C·KW, L)``,
+    and the grid is cropped to (D_out, H_out, W_out). Padding is shared between neighbouring lines (the
+    zeros after a line are also the next line's left padding), so the extra columns are few. A strided
+    axis is split into its stride's phases first (each a plane of its own). Only Slice, Concat, Stack,
+    MatMul and same-shape Add run: the CPU's strided-slice, pad and reference-convolution kernels are
+    10-100x slower than memory speed.
     """
-    x = ops.pad(x, (padding[2], padding[2], padding[1], padding[1], padding[0], padding[0]))
     n, c = x.shape[0], x.shape[1]
-    od = _out_size(x.shape[2], weight.shape[2], stride[0], dilation[0])
-    oh = _out_size(x.shape[3], weight.shape[3], stride[1], dilation[1])
-    ow = _out_size(x.shape[4], weight.shape[4], stride[2], dilation[2])
-    out = None
-    for tap in taps:
-        d0 = tap[0] * dilation[0]
-        h0 = tap[1] * dilation[1]
-        w0 = tap[2] * dilation[2]
-        view = x[:, :, d0:d0 + (od - 1) * stride[0] + 1:stride[0], h0:h0 + (oh - 1) * stride[1] + 1:stride[1],
-                 w0:w0 + (ow - 1) * stride[2] + 1:stride[2]]
-        # (N, C, D, H, W) -> (N, C, D*H, W): a 1x1 convolution treats every position alike
-        view = view.reshape(n, c, od * oh, ow)
-        term = ops.conv2d(view, weight[:, :, tap[0], tap[1]:tap[1] + 1, tap[2]:tap[2] + 1])
-        out = term if out is None else out + term
-    out = out.reshape(n, weight.shape[0], od, oh, ow)
-    if bias is not None:
-        out = out + bias.reshape(1, -1, 1, 1, 1)
-    return out
+    o = weight.shape[0]
+    (od, oh, ow), (ed, eh, ew), before, after, head, tail, length, taps = gemm_plan(
+        x.shape, weight.shape, stride, padding, dilation)
+    d, h, w = x.shape[2], x.shape[3], x.shape[4]
+    phases = stride[0] * stride[1] * stride[2]
+    kw = weight.shape[4]
+    flat_weight = weight.reshape(o, c, -1)  # (O, C, KD·KH·KW): the KW taps of a kernel row are adjacent
+    outs = []
+    for s in range(n):
+        xs = ops.narrow(x, 0, s, 1)
+        xs = pad_columns(xs.reshape(c * d * h, w), before[2], after[2])
+        wp = w + before[2] + after[2]
+        xs = pad_columns(xs.reshape(c * d, h * wp), before[1] * wp, after[1] * wp)
+        hp = h + before[1] + after[1]
+        if phases == 1:
+            xs = pad_columns(xs.reshape(c, d * hp * wp), head + before[0] * hp * wp, after[0] * hp * wp + tail)
+        else:
+            xs = pad_columns(xs.reshape(c, d * hp * wp), before[0] * hp * wp, after[0] * hp * wp)
+            xs = xs.reshape(c, ed, stride[0], eh, stride[1], ew, stride[2]).transpose(2, 4, 6, 0, 1, 3, 5)
+            xs = pad_columns(xs.reshape(phases * c, ed * eh * ew), head, tail)
+        out = None
+        for r, row in enumerate(taps):
+            cols = []
+            for phase, offset in row:
+                cols.append(ops.narrow(ops.narrow(xs, 0, phase * c, c) if phases > 1 else xs, 1, offset, length))
+            if kw == 1:
+                term = ops.matmul(ops.narrow(flat_weight, 2, r, 1).reshape(o, c), cols[0])
+            else:  # rows (c, k): the weight's own order
+                term = ops.matmul(ops.narrow(flat_weight, 2, r * kw, kw).reshape(o, c * kw),
+                                  ops.stack(cols, axis=1).reshape(c * kw, length))
+            out = term if out is None else out + term
+        if bias is not None:
+            out = ops.bias_add(out.reshape(1, o, length), bias).reshape(o, length)
+        # crop the (od, eh, ew) grid to (od, oh, ow): two Slices on 2-D views
+        out = ops.narrow(out.reshape(o * od * eh, ew), 1, 0, ow).reshape(o * od, eh * ow)
+        outs.append(ops.narrow(out, 1, 0, oh * ow).reshape(1, o, od, oh, ow))
+    return outs[0] if n == 1 else ops.cat(outs, axis=0)
 
 
 def conv_spec(dims: int, in_channels: int, out_channels: int, kernel_size, stride, padding, dilation,
               groups: int) -> tuple:
     """What a convolution cell fixes at build time, as the tuple the forms below take (graph-mode constants):
-    (dims, native (stride, padding, dilation, groups), taps (stride, padding, dilation, kernel taps) as 3-D
-    tuples (a 2-D convolution has a depth of 1), multiply-adds per output position)."""
+    (dims, native (stride, padding, dilation, groups), GEMM form (stride, (before, after) padding, dilation)
+    as 3-D tuples (a 2-D convolution has a depth of 1), multiply-adds per output position)."""
     depth = (1,) if dims == 2 else ()
-    kernel = depth + tuple(kernel_size)
-    taps = (depth + tuple(stride), (0,) * len(depth) + tuple(padding), depth + tuple(dilation), kernel_taps(kernel))
+    gemm = (depth + tuple(stride), ((0, 0),) * len(depth) + tuple((p, p) for p in padding), depth + tuple(dilation))
     native = (tuple(stride), tuple(padding), tuple(dilation), groups)
-    return dims, native, taps, in_channels * out_channels * _prod(kernel)
+    return dims, native, gemm, in_channels * out_channels * _prod(tuple(kernel_size))
 
 
 def _convolution_plain(x, weight, bias, spec, min_macs):
@@ -313,18 +393,64 @@ def _convolution_plain(x, weight, bias, spec, min_macs):
 
 
 def _convolution_cpu(x, weight, bias, spec, min_macs):
-    """Sum of 1x1 convolutions over the kernel taps when the call is large enough to gain from it (below
-    ``min_macs`` multiply-adds the per-op cost of the taps outweighs the gain; groups other than 1 and 1x1
-    kernels keep the native op)."""
-    dims, native, (stride, padding, dilation, taps), macs_per_output = spec
+    """:func:`conv_as_gemms` when the call is large enough to gain from it (below ``min_macs`` multiply-adds
+    the per-op cost of the GEMM form outweighs the gain; groups other than 1 keep the native op). 1x1
+    kernels too: one MatMul is about twice as fast as the CPU's 1x1 convolution."""
+    dims, native, gemm, macs_per_output = spec
     positions = 1
     for size in x.shape[2:]:  # input positions ~ output positions; static shapes in graph mode
         positions = positions * size
-    if native[3] != 1 or len(taps) == 1 or x.shape[0] * positions * macs_per_output < min_macs:
+    if native[3] != 1 or x.shape[0] * positions * macs_per_output < min_macs:
         return _convolution_plain(x, weight, bias, spec, min_macs)
-    if dims == 2:
-        return conv_by_taps(x.expand_dims(2), weight.expand_dims(2), bias, stride, padding, dilation, taps).squeeze(2)
-    return conv_by_taps(x, weight, bias, stride, padding, dilation, taps)
+    if dims == 3:
+        return conv_as_gemms(x, weight, bias, *gemm)
+    if x.shape[0] == 1:
+        return conv_as_gemms(x.expand_dims(2), weight.expand_dims(2), bias, *gemm).squeeze(2)
+    # a batch of images as one sample of depth N: one set of GEMMs for the whole batch (fewer, larger ops)
+    out = conv_as_gemms(x.transpose(1, 0, 2, 3).expand_dims(0), weight.expand_dims(2), bias, *gemm)
+    return out.squeeze(0).transpose(1, 0, 2, 3)
 
 
 CONVOLUTION = Formulation(_convolution_plain, _convolution_cpu)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# group norm over (N, C, *), computed in float32, returned in the input dtype
+# ---------------------------------------------------------------------------------------------------------
+def _group_norm_plain(x, weight, bias, groups: int, eps: float):
+    """``weight``/``bias``: float32 (C,) tensors or None (no affine)."""
+    shape = x.shape
+    h = x.astype(ms.float32).reshape(shape[0], groups, -1)
+    mean = h.mean(axis=-1, keep_dims=True)
+    var = ((h - mean) ** 2).mean(axis=-1, keep_dims=True)
+    h = ((h - mean) / ops.sqrt(var + eps)).reshape(shape)
+    if weight is not None:
+        param_shape = (1, shape[1]) + (1,) * (len(shape) - 2)
+        h = h * weight.reshape(param_shape) + bias.reshape(param_shape)
+    return h.astype(x.dtype)
+
+
+def _group_norm_cpu(x, weight, bias, groups: int, eps: float):
+    """Statistics as reductions over 2-D (rows, elements) views, the centring a per-row BiasAdd, the affine a
+    per-row scale then a per-channel BiasAdd: the CPU reduces a 3-D view's last axis and broadcasts
+    (1, C, 1, 1) operands 10-20x slower than these, and its GroupNorm kernel is single-threaded. Same
+    arithmetic (two-pass variance) up to float32 rounding; about 4x faster on the VAEs' activations."""
+    shape = x.shape
+    n, c = shape[0], shape[1]
+    rows = n * groups
+    h = x.astype(ms.float32).reshape(rows, -1)
+    mean = h.mean(axis=-1, keep_dims=True)
+    centred = ops.bias_add(h.reshape(1, rows, -1), -mean.reshape(rows))  # (1, rows, M): rows as channels
+    var = (centred * centred).reshape(rows, -1).mean(axis=-1, keep_dims=True)
+    inv_std = ops.rsqrt(var + eps).reshape(n, groups, 1)
+    if weight is not None:  # per (sample, channel) scale: weight / std of the channel's group
+        scale = (inv_std * weight.reshape(1, groups, c // groups)).reshape(n * c, 1)
+    else:
+        scale = ops.broadcast_to(inv_std, (n, groups, c // groups)).reshape(n * c, 1)
+    out = centred.reshape(n * c, -1) * scale
+    if weight is not None:
+        out = ops.bias_add(out.reshape(n, c, -1), bias)
+    return out.reshape(shape).astype(x.dtype)
+
+
+GROUP_NORM = Formulation(_group_norm_plain, _group_norm_cpu)

@@ -93,7 +93,7 @@ class LayerNorm(nn.Cell):
 
 
 class GroupNorm(nn.Cell):
-    """``torch.nn.GroupNorm`` for (N, C, *) inputs, computed in float32."""
+    """``torch.nn.GroupNorm`` for (N, C, *) inputs, computed in float32 (a :mod:`.forms` formulation)."""
 
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True, dtype=ms.float32):
         super().__init__()
@@ -105,18 +105,12 @@ class GroupNorm(nn.Cell):
             self.bias = Parameter(Tensor(np.zeros(num_channels), dtype), name="bias")
         else:
             self.weight, self.bias = None, None
+        self._group_norm = forms.GROUP_NORM.chosen()
 
     def construct(self, x):
-        dtype = x.dtype
-        shape = x.shape
-        h = x.astype(ms.float32).reshape(shape[0], self.num_groups, -1)
-        mean = h.mean(axis=-1, keep_dims=True)
-        var = ((h - mean) ** 2).mean(axis=-1, keep_dims=True)
-        h = ((h - mean) / ops.sqrt(var + self.eps)).reshape(shape)
-        if self.affine:
-            param_shape = (1, self.num_channels) + (1,) * (len(shape) - 2)
-            h = h * self.weight.astype(ms.float32).reshape(param_shape) + self.bias.astype(ms.float32).reshape(param_shape)
-        return h.astype(dtype)
+        weight = self.weight.astype(ms.float32) if self.affine else None
+        bias = self.bias.astype(ms.float32) if self.affine else None
+        return self._group_norm(x, weight, bias, self.num_groups, self.eps)
 
 
 class RMSNorm(nn.Cell):
@@ -154,7 +148,7 @@ class Embedding(nn.Cell):
 
 class _ConvNd(nn.Cell):
     """Shared part of Conv2d/Conv3d: PyTorch's signature, parameter names and initialisation; the
-    computation is the :mod:`.forms` convolution (the CPU backend's by kernel taps, else the native op)."""
+    computation is the :mod:`.forms` convolution (the CPU backend's as GEMMs, else the native op)."""
 
     _dims = 2
 
@@ -201,6 +195,28 @@ def gelu_tanh(x):
     """
     # 2·sqrt(2/pi)·(x + 0.044715·x³) as x·(a + b·x²): one elementwise pass fewer
     return x * ops.sigmoid(x * (1.5957691216057308 + 0.07135481627260025 * (x * x)))
+
+
+def upsample_nearest2x(x):
+    """(B, C, H, W) -> (B, C, 2H, 2W), nearest neighbour (each value repeated in a 2x2 block), exact.
+
+    Two Stacks of 2-D views: on the CPU backend Stack runs at memory speed, while BroadcastTo is about 10x
+    slower and ``interpolate`` depends on the kernels available."""
+    b, c, h, w = x.shape
+    rows = x.reshape(b * c * h, w)
+    rows = ops.stack((rows, rows), axis=2).reshape(b * c * h, 2 * w)  # each column twice
+    return ops.stack((rows, rows), axis=1).reshape(b, c, 2 * h, 2 * w)  # each row twice
+
+
+def pad2d_zeros(x, pads):
+    """``ops.pad(x, (left, right, top, bottom))`` with zeros for (..., H, W), by Concats of 2-D views (see
+    :func:`.forms.pad_columns`: the CPU's pad kernel is ~20x slower); exact on every backend."""
+    left, right, top, bottom = pads
+    lead, h, w = x.shape[:-2], x.shape[-2], x.shape[-1]
+    rows = forms.pad_columns(x.reshape(-1, w), left, right)
+    wp = w + left + right
+    out = forms.pad_columns(rows.reshape(-1, h * wp), top * wp, bottom * wp)
+    return out.reshape(lead + (h + top + bottom, wp))
 
 
 def silu(x):

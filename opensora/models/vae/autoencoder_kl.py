@@ -19,7 +19,7 @@ import mindspore as ms
 from mindspore import nn, ops
 
 from ..layers.attention import attention
-from ..layers.nn import Conv2d, GroupNorm, Linear, silu
+from ..layers.nn import Conv2d, GroupNorm, Linear, pad2d_zeros, silu, upsample_nearest2x
 
 SUPPORTED_DOWN = ("DownEncoderBlock2D",)
 SUPPORTED_UP = ("UpDecoderBlock2D",)
@@ -124,7 +124,7 @@ class Downsample(nn.Cell):
         self.conv = Conv2d(channels, channels, 3, stride=2, padding=0)
 
     def construct(self, x):
-        return self.conv(ops.pad(x, (0, 1, 0, 1)))
+        return self.conv(pad2d_zeros(x, (0, 1, 0, 1)))
 
 
 class Upsample(nn.Cell):
@@ -135,10 +135,7 @@ class Upsample(nn.Cell):
         self.conv = Conv2d(channels, channels, 3, padding=1)
 
     def construct(self, x):
-        b, c, h, w = x.shape
-        # nearest x2 as a broadcast (exact, and independent of interpolate's kernel support)
-        x = ops.broadcast_to(x.reshape(b, c, h, 1, w, 1), (b, c, h, 2, w, 2)).reshape(b, c, h * 2, w * 2)
-        return self.conv(x)
+        return self.conv(upsample_nearest2x(x))
 
 
 class ResnetStage(nn.Cell):

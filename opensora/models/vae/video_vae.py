@@ -229,17 +229,21 @@ class VideoAutoencoderPipeline(nn.Cell):
         if z.shape[2] != expected:
             raise FrameCountError(f"{num_frames} frames are {expected} latent frames for this VAE, but the latent "
                                   f"has {z.shape[2]}")
+        x_z = self.temporal_decode(z, num_frames)
+        x = self.spatial_vae.decode(x_z)
+        return (x, x_z) if self.cal_loss else x
+
+    def temporal_decode(self, z, num_frames):
+        """The first half of :meth:`decode`: (B, 4, T', h, w) latent -> the spatial VAE's latent
+        (B, 4, num_frames, h, w), the temporal VAE run on chunks of ``micro_z_frame_size`` latent frames."""
         if not self.cal_loss:
             z = z * self.scale.astype(z.dtype) + self.shift.astype(z.dtype)
         if not self.micro_frame_size:
-            x_z = self.temporal_vae.decode(z, num_frames=num_frames)
-        else:
-            frames = self.geometry.chunk_pixel_frames(num_frames)  # what each chunk of latents decodes to
-            pieces = [self.temporal_vae.decode(z[:, :, start:end], num_frames=n)
-                      for (start, end), n in zip(_chunks(z.shape[2], self.micro_z_frame_size), frames)]
-            x_z = pieces[0] if len(pieces) == 1 else ops.cat(pieces, axis=2)
-        x = self.spatial_vae.decode(x_z)
-        return (x, x_z) if self.cal_loss else x
+            return self.temporal_vae.decode(z, num_frames=num_frames)
+        frames = self.geometry.chunk_pixel_frames(num_frames)  # what each chunk of latents decodes to
+        pieces = [self.temporal_vae.decode(z[:, :, start:end], num_frames=n)
+                  for (start, end), n in zip(_chunks(z.shape[2], self.micro_z_frame_size), frames)]
+        return pieces[0] if len(pieces) == 1 else ops.cat(pieces, axis=2)
 
     def get_latent_size(self, input_size):
         return self.geometry.latent_size(input_size)
