@@ -27,7 +27,8 @@ from ...dtypes import to_ms_dtype
 from ..layers.attention import attention
 from ..layers.nn import Conv2d, GroupNorm, silu
 from ..registry import VAES
-from .autoencoder_kl import Downsample, Upsample, cast_to, posterior_mean_std, sample_gaussian
+from ..layers.precision import cast_parameters
+from .autoencoder_kl import Downsample, Upsample, posterior_mean_std, sample_gaussian
 from .autoencoder_kl import ResnetBlock as ImageResnetBlock
 from .geometry import FrameCountError, FramewiseGeometry
 from .loading import load_vae_weights
@@ -234,4 +235,4 @@ def AutoEncoderFlux(from_pretrained: str | None = None, cache_dir=None, resoluti
                                     "flux1-dev-ae.safetensors in the hpcai-tech/Open-Sora-v2 download)")
         load_vae_weights(model, from_pretrained)
     model.set_train(False)
-    return cast_to(model, dtype)
+    return cast_parameters(model, dtype)
