@@ -154,12 +154,13 @@ def test_v12_vae_fp16_flow_and_parity(tmp_path):
     from safetensors.torch import load_file
 
     from opensora.models.layers.precision import cast_parameters
-    from tests.test_vae_temporal import RefPipeline
+    from tests.reference.vae_temporal_torch import VideoVAEPipelineTorch
 
     directory = make_opensora_vae_dir(tmp_path / "v12", seed=4)
     vae = cast_parameters(VAES.build({"type": "OpenSoraVAE_V1_2", "from_pretrained": directory}), ms.float16)
     assert all(p.dtype == ms.float16 for p in vae.get_parameters())
-    ref = RefPipeline({k: v.half() for k, v in load_file(f"{directory}/model.safetensors").items()}, 17)
+    state = {k: v.half() for k, v in load_file(f"{directory}/model.safetensors").items()}
+    ref = VideoVAEPipelineTorch(state, TINY_SD_CONFIG, TINY_TEMPORAL_KWARGS, 17)
     ref.spatial = ref.spatial.half()
     z = np.random.default_rng(5).standard_normal((1, 4, 5, 2, 2)).astype(np.float32)
     recorder = _DtypeRecorder(vae, 17 * 8 * 16 * 16)
@@ -169,7 +170,7 @@ def test_v12_vae_fp16_flow_and_parity(tmp_path):
         recorder.remove()
     assert got.dtype == ms.float16 and recorder.not_half() == [], recorder.not_half()[:8]
     with torch.no_grad():
-        expected = ref.decode(torch.tensor(z).half(), 17).float().numpy()
+        expected = ref.spatial_decode(ref.temporal_decode(torch.tensor(z).half(), 17)).float().numpy()
     err = _rel_l2(got.astype(ms.float32).asnumpy(), expected)
     print(f"1.2 VAE fp16 decode: relative L2 {err:.2e}")
     assert err <= REL_L2
