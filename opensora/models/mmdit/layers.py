@@ -121,11 +121,6 @@ class SelfAttention(nn.Cell):
         return q, k, v
 
 
-def _modulate(norm, x, shift, scale):
-    """``(1 + scale)·norm(x) + shift``."""
-    return norm.modulate(x, shift, scale)
-
-
 class DoubleStreamBlock(nn.Cell):
     """Image and text streams with their own weights, one joint attention over cat(txt, img)."""
 
@@ -155,16 +150,16 @@ class DoubleStreamBlock(nn.Cell):
     def construct(self, img, txt, vec, rope):
         img_shift1, img_scale1, img_gate1, img_shift2, img_scale2, img_gate2 = self.img_mod(vec)
         txt_shift1, txt_scale1, txt_gate1, txt_shift2, txt_scale2, txt_gate2 = self.txt_mod(vec)
-        img_q, img_k, img_v = self.img_attn.qkv_of(_modulate(self.img_norm1, img, img_shift1, img_scale1))
-        txt_q, txt_k, txt_v = self.txt_attn.qkv_of(_modulate(self.txt_norm1, txt, txt_shift1, txt_scale1))
+        img_q, img_k, img_v = self.img_attn.qkv_of(self.img_norm1.modulate(img, img_shift1, img_scale1))
+        txt_q, txt_k, txt_v = self.txt_attn.qkv_of(self.txt_norm1.modulate(txt, txt_shift1, txt_scale1))
         out = self.attention(ops.cat((txt_q, img_q), axis=1), ops.cat((txt_k, img_k), axis=1),
                              ops.cat((txt_v, img_v), axis=1), rope)
         txt_out, img_out = ops.split(out, (txt.shape[1], img.shape[1]), axis=1)
 
         img = img + self._gate(img_gate1, self.img_attn.proj(img_out))
-        img = img + self._gate(img_gate2, self.img_mlp(_modulate(self.img_norm2, img, img_shift2, img_scale2)))
+        img = img + self._gate(img_gate2, self.img_mlp(self.img_norm2.modulate(img, img_shift2, img_scale2)))
         txt = txt + self._gate(txt_gate1, self.txt_attn.proj(txt_out))
-        txt = txt + self._gate(txt_gate2, self.txt_mlp(_modulate(self.txt_norm2, txt, txt_shift2, txt_scale2)))
+        txt = txt + self._gate(txt_gate2, self.txt_mlp(self.txt_norm2.modulate(txt, txt_shift2, txt_scale2)))
         return img, txt
 
 
@@ -195,7 +190,7 @@ class SingleStreamBlock(nn.Cell):
 
     def construct(self, x, vec, rope):
         shift, scale, gate = self.modulation(vec)
-        x_mod = _modulate(self.pre_norm, x, shift, scale)
+        x_mod = self.pre_norm.modulate(x, shift, scale)
         c = self.hidden_size
         if self.fused_qkv:
             q, k, v, mlp = ops.split(self.linear1(x_mod), (c, c, c, self.mlp_hidden_dim), axis=-1)
@@ -220,4 +215,4 @@ class LastLayer(nn.Cell):
     def construct(self, x, vec):
         out = self.adaLN_modulation(vec)
         shift, scale = ops.split(out.reshape(out.shape[0], 1, -1), out.shape[-1] // 2, axis=-1)
-        return self.linear(_modulate(self.norm_final, x, shift, scale))
+        return self.linear(self.norm_final.modulate(x, shift, scale))

@@ -119,6 +119,7 @@ class MMDiTModel(nn.Cell):
         # upstream always runs flash-attn (half precision); here Ascend's flash kernel for half-precision models,
         # the float32 math path otherwise (the flash kernel would round a float32 model's q/k/v to float16)
         use_flash = use_flash_attention(dtype != ms.float32)
+        self.attention_path = "flash" if use_flash else "math"  # logged once; read by the benchmarks
 
         self.pe_embedder = AxialRotaryEmbedding(config.axes_dim, config.theta, halves=self.use_liger_rope,
                                                 float32_angles=self.use_liger_rope)
