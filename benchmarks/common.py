@@ -94,3 +94,69 @@ def write_report(report: dict, path: str | None) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
         with open(path, "w", encoding="utf-8") as f:
             f.write(text + "\n")
+
+
+# ------------------------------------------------------------------------------------------ alternating processes
+_SERVE_MARK = "@@bench-serve"  # prefix of the lines a serving child and its parent exchange on stdout
+
+
+def serve_timed(step) -> list[float]:
+    """In a child process: say ready, then time one ``step()`` per ``run`` line on stdin (each time reported on
+    stdout) until any other line. The parent drives several such children with :func:`alternate`."""
+    import sys
+
+    seconds = []
+    print(f"{_SERVE_MARK} ready", flush=True)
+    for line in sys.stdin:
+        if line.strip() != "run":
+            break
+        start = time.perf_counter()
+        step()
+        seconds.append(time.perf_counter() - start)
+        print(f"{_SERVE_MARK} {seconds[-1]}", flush=True)
+    return seconds
+
+
+def _await_served(proc, name: str) -> str:
+    for line in proc.stdout:
+        if line.startswith(_SERVE_MARK):
+            return line[len(_SERVE_MARK):].strip()
+    raise RuntimeError(f"the {name} child ended early (exit code {proc.wait()})")
+
+
+# glibc keeps freed memory in the process instead of returning it to the system: torch's CPU allocator frees
+# and re-allocates every activation, and on this VM re-faulting memory that another process used meanwhile
+# made an alternated torch forward ~2x slower (4.3 s alone, 9-11 s after a MindSpore forward; MindSpore
+# keeps its own memory pool). Given to the torch children, so that the ratio is not flattered.
+KEEP_FREED_MEMORY = {"MALLOC_TRIM_THRESHOLD_": "100000000000", "MALLOC_MMAP_THRESHOLD_": "4294967296"}
+
+
+def alternate(commands: dict, runs: int, env: dict | None = None) -> dict:
+    """Start each child (``name -> argv``, one after the other, so that their set-up does not overlap; each
+    calls :func:`serve_timed`), then alternate one timed step of each, ``runs`` times, so that every pair sees
+    the same machine state. ``env``: name -> extra environment variables of that child. Frameworks run in
+    separate processes (in one process a torch forward took 2.3x as long next to MindSpore here).
+    Returns name -> seconds."""
+    import subprocess
+
+    procs = {}
+    try:
+        for name, argv in commands.items():
+            child_env = dict(os.environ, **(env or {}).get(name, {}))
+            procs[name] = subprocess.Popen(argv, text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                           env=child_env)
+            _await_served(procs[name], name)
+        seconds = {name: [] for name in commands}
+        for _ in range(runs):
+            for name, proc in procs.items():
+                proc.stdin.write("run\n")
+                proc.stdin.flush()
+                seconds[name].append(float(_await_served(proc, name)))
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.stdin.write("quit\n")
+                proc.stdin.close()
+        for proc in procs.values():
+            proc.wait()
+    return seconds

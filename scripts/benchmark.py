@@ -13,7 +13,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("GLOG_v", "3")
 
-KINDS = ("sample", "vae", "stdit", "train", "hunyuan_vae", "precision")
+KINDS = ("sample", "vae", "stdit", "train", "hunyuan_vae", "precision", "mmdit")
 
 
 def main(argv=None) -> int:

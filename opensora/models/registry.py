@@ -77,6 +77,6 @@ class Registry:
         return self._geometries[cfg["type"]](**{k: v for k, v in cfg.items() if k != "type"})
 
 
-MODELS = Registry("model", ("opensora.models.stdit",))
+MODELS = Registry("model", ("opensora.models.stdit", "opensora.models.mmdit"))
 VAES = Registry("vae", ("opensora.models.vae", "opensora.models.hunyuan_vae"))
 TEXT_ENCODERS = Registry("text encoder", ("opensora.models.text_encoder",))

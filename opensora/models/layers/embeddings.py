@@ -64,6 +64,12 @@ def timestep_frequencies(dim: int, max_period: float = 10000.0) -> np.ndarray:
     return np.exp(arg.astype(np.float64)).astype(np.float32)
 
 
+def sinusoidal_features(t, freqs):
+    """(N,) values, (half,) frequencies (:func:`timestep_frequencies`) -> (N, 2·half) float32 [cos(t·f), sin(t·f)]."""
+    args = t.astype(ms.float32).reshape(-1, 1) * freqs.reshape(1, -1)
+    return ops.cat((ops.cos(args), ops.sin(args)), axis=-1)
+
+
 class TimestepEmbedder(nn.Cell):
     """Scalar timesteps -> vectors: sinusoidal features (float32, as upstream) then a 2-layer MLP."""
 
@@ -80,8 +86,7 @@ class TimestepEmbedder(nn.Cell):
 
     def timestep_embedding(self, t):
         """(N,) -> (N, frequency_embedding_size) float32: [cos(t·f), sin(t·f)] (GLIDE/DiT order)."""
-        args = t.astype(ms.float32).reshape(-1, 1) * self._freqs.reshape(1, -1)
-        emb = ops.cat((ops.cos(args), ops.sin(args)), axis=-1)
+        emb = sinusoidal_features(t, self._freqs)
         if self._odd:
             emb = ops.cat((emb, ops.zeros_like(emb[:, :1])), axis=-1)
         return emb
@@ -245,3 +250,74 @@ class RotaryEmbedding(nn.Cell):
         angles = pos * self.freqs.astype(dtype).reshape(1, -1)  # (n, dim/2)
         angles = ops.broadcast_to(angles.reshape(seq_len, -1, 1), (seq_len, self.dim // 2, 2)).reshape(seq_len, -1)
         return ops.cos(angles), ops.sin(angles), self._rotate_half
+
+
+# ----------------------------------------------------------------------------------------------
+# Rotary position embedding over several axes of integer positions (Flux's EmbedND)
+# ----------------------------------------------------------------------------------------------
+class AxialRotaryEmbedding(nn.Cell):
+    """Rotary tables for integer position ids (B, L, n_axes) (e.g. the (t, h, w) of each token).
+
+    Axis i owns ``axes_dim[i]`` features of a head, rotated in ``axes_dim[i]/2`` pairs by the angles
+    pos·theta^(-2k/axes_dim[i]); the axes' angles are concatenated (D/2 angles for a head of D = sum).
+    ``halves``: the pairs are (j, j + D/2) and the tables [a, a] (Llama's ``rotate_half``,
+    :data:`forms.ROTATE_HALVES`); otherwise the pairs are interleaved (2j, 2j+1) and the tables
+    [a0, a0, a1, a1, ...] (:data:`forms.ROTATE_PAIRS`). ``float32_angles``: the frequencies and pos·freq are
+    rounded to float32 before cos/sin (as a float32 torch computation of them); otherwise float64.
+
+    cos/sin are tabulated on the host for the positions 0..``max_position``-1 (float64 cos/sin, rounded once
+    to float32, so no device sin/cos enters) and gathered by the ids in the graph: ids must be whole numbers
+    in that range (the callers' ids are integer grids; :meth:`check_ids` checks them on the host).
+    """
+
+    def __init__(self, axes_dim, theta: float = 10000.0, halves: bool = False, float32_angles: bool = False,
+                 max_position: int = 4096):
+        super().__init__()
+        self.axes_dim = tuple(int(d) for d in axes_dim)
+        if any(d % 2 for d in self.axes_dim):
+            raise ValueError(f"every axis needs an even number of features, got {list(self.axes_dim)}")
+        self.dim, self.halves, self.max_position = sum(self.axes_dim), halves, int(max_position)
+        positions = np.arange(self.max_position)
+        tables = []
+        for d in self.axes_dim:
+            if float32_angles:
+                omega = np.float32(1.0) / np.float32(theta) ** (np.arange(0, d, 2, dtype=np.float32) / np.float32(d))
+                angles = (positions.astype(np.float32)[:, None] * omega[None]).astype(np.float64)
+            else:
+                omega = 1.0 / theta ** (np.arange(0, d, 2, dtype=np.float64) / d)
+                angles = positions.astype(np.float64)[:, None] * omega[None]
+            # (P, d): the axis' cos values then its sin values, gathered together
+            tables.append(Tensor(np.concatenate([np.cos(angles), np.sin(angles)], axis=1).astype(np.float32)))
+        self.tables = tuple(tables)
+        self.rotate_half = Tensor(rotate_half_matrix(self.dim, halves))  # for the CPU backend's form (forms.py)
+
+    def check_ids(self, ids) -> None:
+        """Host-side check of ids (array or Tensor): whole numbers within the tables. Raises ValueError."""
+        values = np.asarray(ids.asnumpy() if isinstance(ids, Tensor) else ids, dtype=np.float64)
+        if values.shape[-1] != len(self.axes_dim):
+            raise ValueError(f"position ids need {len(self.axes_dim)} axes in the last dimension, got {values.shape}")
+        if values.size and (np.any(values != np.round(values)) or values.min() < 0
+                            or values.max() >= self.max_position):
+            raise ValueError(f"position ids must be whole numbers in [0, {self.max_position}), "
+                             f"got values in [{values.min()}, {values.max()}]")
+
+    def construct(self, ids, first_row_only: bool = False):
+        """ids (B, L, n_axes) -> (cos, sin, rotate_half): cos/sin (B, L, D) float32, or (1, L, D) from the
+        first batch row only with ``first_row_only``; the (D, D) rotation matrix of the CPU backend's form."""
+        if first_row_only:
+            ids = ids[:1]
+        index = ids.astype(ms.int32)
+        cos, sin = [], []
+        for i, d in enumerate(self.axes_dim):
+            c, s = ops.split(ops.gather(self.tables[i], index[..., i], 0), d // 2, axis=-1)
+            cos.append(c)
+            sin.append(s)
+        cos, sin = ops.cat(cos, axis=-1), ops.cat(sin, axis=-1)  # (B, L, D/2)
+        return self._spread(cos), self._spread(sin), self.rotate_half
+
+    def _spread(self, angles):
+        """(B, L, D/2) -> (B, L, D): [a, a] for halves, [a0, a0, a1, a1, ...] for interleaved pairs."""
+        if self.halves:
+            return ops.cat((angles, angles), axis=-1)
+        b, n, h = angles.shape
+        return ops.stack((angles, angles), axis=-1).reshape(b, n, 2 * h)

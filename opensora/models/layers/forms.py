@@ -213,14 +213,17 @@ GATE = Formulation(_gate_plain, _gate_cpu)
 
 
 # ---------------------------------------------------------------------------------------------------------
-# rotary embeddings on interleaved pairs: x·cos + rotate_half(x)·sin, rotate_half(a, b) = (-b, a)
+# rotary embeddings: x·cos + rotate_half(x)·sin, rotate_half(a, b) = (-b, a) on interleaved pairs (2j, 2j+1)
+# (ROTATE_PAIRS) or on the pairs (j, j + D/2) (ROTATE_HALVES)
 # ---------------------------------------------------------------------------------------------------------
-def rotate_half_matrix(dim: int) -> np.ndarray:
-    """x @ R maps each interleaved pair (a, b) to (-b, a): 0 and ±1, exact in float32."""
+def rotate_half_matrix(dim: int, halves: bool = False) -> np.ndarray:
+    """x @ R maps each interleaved pair (a, b) to (-b, a), or with ``halves`` the halves (x1, x2) to (-x2, x1)
+    (Llama's ``rotate_half``: pairs (j, j + dim/2)): 0 and ±1, exact in float32."""
     matrix = np.zeros((dim, dim), np.float32)
-    pairs = np.arange(0, dim, 2)
-    matrix[pairs + 1, pairs] = -1.0
-    matrix[pairs, pairs + 1] = 1.0
+    first = np.arange(dim // 2) if halves else np.arange(0, dim, 2)
+    second = first + (dim // 2 if halves else 1)
+    matrix[second, first] = -1.0
+    matrix[first, second] = 1.0
     return matrix
 
 
@@ -250,6 +253,16 @@ def _rotate_pairs_cpu(x, matrix):
 
 
 ROTATE_PAIRS = Formulation(_rotate_pairs_plain, _rotate_pairs_cpu)
+
+
+def _rotate_halves_plain(x, matrix):
+    """float32 (..., D) -> (x1, x2) mapped to (-x2, x1), by slicing (``matrix`` unused)."""
+    x1, x2 = ops.split(x, x.shape[-1] // 2, axis=-1)
+    return ops.cat((-x2, x1), axis=-1)
+
+
+# the CPU form is the same MatMul as for the pairs, with ``rotate_half_matrix(dim, halves=True)``
+ROTATE_HALVES = Formulation(_rotate_halves_plain, _rotate_pairs_cpu)
 
 
 # ---------------------------------------------------------------------------------------------------------

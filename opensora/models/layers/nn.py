@@ -118,15 +118,18 @@ class RMSNorm(nn.Cell):
     statistics in float32, the normalised value cast back to the input dtype, then times the weight (in that
     dtype): a half-precision model stays in half precision."""
 
-    def __init__(self, hidden_size: int, eps: float = 1e-6, dtype=ms.float32):
+    def __init__(self, hidden_size: int, eps: float = 1e-6, dtype=ms.float32, weight_name: str = "weight"):
         super().__init__()
         self.eps = eps
-        self.weight = Parameter(Tensor(np.ones(hidden_size), dtype), name="weight")
+        # weight_name: the parameter's name in the checkpoints (Flux calls it "scale")
+        self.weight_name = weight_name
+        setattr(self, weight_name, Parameter(Tensor(np.ones(hidden_size), dtype), name=weight_name))
         self._rms_norm = forms.RMS_NORM.chosen()
 
     def construct(self, x, scale=None):
         """``scale``: an optional constant folded into the weight (e.g. attention's 1/sqrt(d) for queries)."""
-        weight = self.weight if scale is None else self.weight * scale
+        weight = getattr(self, self.weight_name)
+        weight = weight if scale is None else weight * scale
         dtype = x.dtype
         h = x.astype(ms.float32)
         if dtype in (ms.float16, ms.bfloat16):
@@ -228,3 +231,10 @@ class SiLU(nn.Cell):
 
     def construct(self, x):
         return silu(x)
+
+
+class GELUTanh(nn.Cell):
+    """:func:`gelu_tanh` as a cell (torch's ``nn.GELU(approximate="tanh")`` in ``SequentialCell`` stacks)."""
+
+    def construct(self, x):
+        return gelu_tanh(x)
