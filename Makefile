@@ -19,11 +19,12 @@ demo: install
 
 # The test suite CI runs (tiny models; about 15 minutes on 2 cores).
 test: install
-	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest -m "not full" -q -p no:cacheprovider
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest -m "not full and not extended" -q -p no:cacheprovider
 
-# Full-size checks (conversion of the official key/shape manifests into full-size models): slow, many GB.
+# Full-size checks (conversion of the official key/shape manifests into full-size models): slow, many GB;
+# and the extended variants of default checks (other versions or layouts of the same code path).
 test-full: install
-	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest -m full -q -p no:cacheprovider
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest -m "full or extended" -q -p no:cacheprovider
 
 clean:
 	rm -rf $(VENV) samples outputs

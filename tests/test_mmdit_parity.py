@@ -89,7 +89,7 @@ def test_rope_forms_are_not_interchangeable(models, tmp_path):
     assert np.abs(_run(flux_form, inputs) - _reference(ref, inputs)).max() > 0.05
 
 
-@pytest.mark.parametrize("layout", ["v2", "flux_dev"])
+@pytest.mark.parametrize("layout", ["v2", pytest.param("flux_dev", marks=pytest.mark.extended)])
 def test_prepared_conditioning_graph_and_pynative(models, layout):
     """prepare_conditioning once, then forwards with img and timesteps only: the same numbers as the full
     forward, in PyNative and in graph mode, for a second prompt batch too (no stale compiled constants)."""
