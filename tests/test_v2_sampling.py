@@ -162,19 +162,19 @@ def _port_sample(net, inp, cond_type, dtype=ms.float32, distilled=False, **osci)
     cast = lambda a: ms.Tensor(a).astype(dtype)  # noqa: E731
     img = flow_v2.pack(cast(z))
     if distilled:
-        ctx = net.prepare_conditioning(img_ids=cast(flow_v2.image_ids(B, 1, H, W)), txt=cast(inp["txt"]),
-                                       txt_ids=cast(flow_v2.text_ids(B, 6)), y_vec=cast(inp["y"]))
-        x = flow_v2.DistilledDenoiser(4.0).denoise(net, img, timesteps, ctx, dtype=dtype)
+        text = dict(img_ids=cast(flow_v2.image_ids(B, 1, H, W)), txt=cast(inp["txt"]),
+                    txt_ids=cast(flow_v2.text_ids(B, 6)), y_vec=cast(inp["y"]))
+        x = flow_v2.DistilledDenoiser(4.0).denoise(net, img, timesteps, text, dtype=dtype)
         return flow_v2.unpack(x, 1, H, W).astype(ms.float32).asnumpy()
     cond = conditions.cond_type_of(cond_type)
     masks, masked = conditions.inference_condition(cond, z.shape, inp["refs"])
     txt3 = np.concatenate([inp["txt"], inp["neg_txt"], inp["neg_txt"]])
     y3 = np.concatenate([inp["y"], inp["neg_y"], inp["neg_y"]])
-    ctx = net.prepare_conditioning(img_ids=cast(flow_v2.image_ids(3 * B, T, H, W)), txt=cast(txt3),
-                                   txt_ids=cast(flow_v2.text_ids(3 * B, 6)), y_vec=cast(y3))
+    text = dict(img_ids=cast(flow_v2.image_ids(3 * B, T, H, W)), txt=cast(txt3),
+                txt_ids=cast(flow_v2.text_ids(3 * B, 6)), y_vec=cast(y3))
     denoiser = flow_v2.I2VDenoiser(7.5, 3.0, **{**OSCI, **osci})
     cond_in = flow_v2.pack(cast(np.concatenate([masks, masked], axis=1)))
-    x = denoiser.denoise(net, img, timesteps, ctx, cond_in, T, image_ramp=cond.is_i2v, dtype=dtype)
+    x = denoiser.denoise(net, img, timesteps, text, cond_in, T, image_ramp=cond.is_i2v, dtype=dtype)
     return flow_v2.unpack(x, T, H, W).astype(ms.float32).asnumpy()
 
 

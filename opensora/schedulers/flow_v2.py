@@ -19,9 +19,11 @@ Latents are packed in 2x2 patches: (B, C, T, H, W) -> (B, T*H/2*W/2, 4C). The lo
 the model's dtype and round after every elementwise operation as upstream's bf16 tensors do (a no-op in
 float32); timesteps and guidance scales are rounded to the model's dtype before the model sees them.
 
-The model is called with upstream's keyword names (``img``, ``timesteps``, ``guidance``, ``cond``) plus
-what its ``prepare_conditioning(img_ids=, txt=, txt_ids=, y_vec=)`` returned once for the prompt batch
-(text projection, pooled-vector projection, RoPE tables: whatever the model can compute once).
+The model is called through the protocol of the 2.0 models: once per prompt batch
+``conditioning = model.prepare_conditioning(img_ids, txt, txt_ids, y_vec, cond=..., guidance=...)`` (what is
+constant over the steps: text, pooled-vector, image-condition and guidance projections, RoPE tables), then
+every step ``model(img, timesteps=t, conditioning=conditioning)``. ``text`` below is the dict of the first
+four (``img_ids``, ``txt``, ``txt_ids``, ``y_vec``) for the rows the model sees (3B for the video sampler).
 """
 from __future__ import annotations
 
@@ -137,13 +139,6 @@ class _Rounding:
         return ms.Tensor(np.full((n,), value, np.float32)).astype(self.dtype)
 
 
-def _call(model, img, t, guidance, conditioning: Mapping[str, Any], cond=None) -> ms.Tensor:
-    kwargs = dict(conditioning)
-    if cond is not None:
-        kwargs["cond"] = cond
-    return model(img=img, timesteps=t, guidance=guidance, **kwargs).astype(ms.float32)
-
-
 def _euler(r: _Rounding, img: ms.Tensor, pred: ms.Tensor, t_curr: float, t_next: float) -> ms.Tensor:
     # upstream: img + (t_prev - t_curr) * pred, the difference taken in Python (double) then used as float32
     dt = np.float32(t_next - t_curr)
@@ -171,9 +166,9 @@ class I2VDenoiser:
             g_img = image_guidance_ramp(g_img, step, num_times, latent_frames)
         return g_txt, g_img
 
-    def denoise(self, model, img, timesteps: list[float], conditioning: Mapping[str, Any], cond, latent_frames: int,
+    def denoise(self, model, img, timesteps: list[float], text: Mapping[str, Any], cond, latent_frames: int,
                 image_ramp: bool = False, dtype=ms.float32, progress_bar: bool = False) -> ms.Tensor:
-        """``img`` (B, L, D) packed noise; ``conditioning`` prepared for the batch of 3B ([text; neg; neg]);
+        """``img`` (B, L, D) packed noise; ``text`` for the batch of 3B ([prompts; negatives; negatives]);
         ``cond`` (B, L, D') the packed ``cat(mask, masked reference)``; ``image_ramp``: the cond type is an
         image one (upstream: ``scale_temporal_osci and "i2v" in cond_type``). -> the packed latent (B, L, D)."""
         if self.guidance_img is None:
@@ -182,14 +177,14 @@ class I2VDenoiser:
         b = img.shape[0]
         tokens_per_frame = img.shape[1] // latent_frames
         cond = cond.astype(dtype)
-        cond3 = ops.concat([cond, cond, ops.zeros_like(cond)], axis=0)
-        g_vec = r.full(3 * b, self.guidance)
+        conditioning = model.prepare_conditioning(**text, cond=ops.concat([cond, cond, ops.zeros_like(cond)], axis=0),
+                                                  guidance=r.full(3 * b, self.guidance))
         img = r(img.astype(ms.float32))
         ramp = image_ramp and self.scale_temporal_osci
         for i in progress(range(len(timesteps) - 1), progress_bar, "v2 denoise"):
             t_curr, t_next = timesteps[i], timesteps[i + 1]
             x3 = ops.concat([img, img, img], axis=0).astype(dtype)
-            pred = _call(model, x3, r.full(3 * b, t_curr), g_vec, conditioning, cond3)
+            pred = model(x3, timesteps=r.full(3 * b, t_curr), conditioning=conditioning).astype(ms.float32)
             v_cond, v_neg, v_neg_noimg = pred[:b], pred[b:2 * b], pred[2 * b:]
             g_txt, g_img = self.scales(i, len(timesteps), latent_frames, ramp)
             if isinstance(g_img, np.ndarray):  # per latent frame -> per token, rounded to the dtype as upstream
@@ -208,14 +203,15 @@ class DistilledDenoiser:
     def __init__(self, guidance: float = 4.0):
         self.guidance = float(guidance)
 
-    def denoise(self, model, img, timesteps: list[float], conditioning: Mapping[str, Any], dtype=ms.float32,
+    def denoise(self, model, img, timesteps: list[float], text: Mapping[str, Any], dtype=ms.float32,
                 progress_bar: bool = False) -> ms.Tensor:
+        """``img`` (B, L, D) packed noise, ``text`` for the B rows -> the packed latent."""
         r = _Rounding(dtype)
         b = img.shape[0]
-        g_vec = r.full(b, self.guidance)
+        conditioning = model.prepare_conditioning(**text, guidance=r.full(b, self.guidance))
         img = r(img.astype(ms.float32))
         for i in progress(range(len(timesteps) - 1), progress_bar, "flux denoise"):
             t_curr, t_next = timesteps[i], timesteps[i + 1]
-            pred = _call(model, img.astype(dtype), r.full(b, t_curr), g_vec, conditioning)
-            img = _euler(r, img, pred, t_curr, t_next)
+            pred = model(img.astype(dtype), timesteps=r.full(b, t_curr), conditioning=conditioning)
+            img = _euler(r, img, pred.astype(ms.float32), t_curr, t_next)
         return img.astype(dtype)
