@@ -244,3 +244,20 @@ def test_video_sampler_half_precision_follows_reference(nets):
     keep = ~np.isnan(ref16)
     err16, err32 = np.abs(port16 - ref16)[keep].max(), np.abs(ref32 - ref16)[keep].max()
     assert err16 < 0.25 * err32, (err16, err32)
+
+
+def test_video_reference_resize_matches_torch():
+    """Video references are resized as upstream's ResizeCrop (F.interpolate bilinear, no antialias) and cropped
+    at int(round(excess) / 2): both directions of the cover-resize, odd excesses."""
+    from opensora.inference.references import resize_crop_video
+
+    rng = np.random.default_rng(0)
+    for (h, w), (th, tw) in (((50, 84), (48, 80)), ((37, 101), (32, 48)), ((90, 60), (48, 80)), ((20, 30), (48, 80))):
+        video = rng.random((3, 2, h, w)).astype(np.float32)
+        rh, rw = th / h, tw / w
+        sh, sw = (th, round(w * rh)) if rh > rw else (round(h * rw), tw)
+        resized = torch.nn.functional.interpolate(torch.tensor(video).permute(1, 0, 2, 3), size=(sh, sw),
+                                                  mode="bilinear", align_corners=False).permute(1, 0, 2, 3).numpy()
+        i, j = (0, int(round(sw - tw) / 2.0)) if rh > rw else (int(round(sh - th) / 2.0), 0)
+        np.testing.assert_allclose(resize_crop_video(video, (th, tw)), resized[:, :, i:i + th, j:j + tw],
+                                   rtol=0, atol=2e-6)

@@ -4,7 +4,8 @@ Sections and registries, as upstream's configs name them: ``model`` and ``img_fl
 type ``flux``), ``ae`` (``VAES``, ``hunyuan_vae``), ``img_flux_ae`` (``VAES``, ``autoencoder_2d``), ``t5`` and
 ``clip`` (``TEXT_ENCODERS``, ``text_embedder``). A section whose ``from_pretrained`` is null gets random
 weights written once to ``random_weights_dir`` (the tiny configs), as the 1.x components do, so every
-process of the three-stage pipeline uses the same ones. Each builder gets the config's dtype as upstream's
+process of the three-stage pipeline uses the same ones; a text section names the folder of its config and
+tokenizer with ``random_init_from`` (as 1.x's tiny T5 does). Each builder gets the config's dtype as upstream's
 builders do (``torch_dtype``).
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ import copy
 import gc
 import logging
 import os
+import shutil
 import time
 
 from ...config import ConfigError
@@ -37,7 +39,9 @@ def resolved_section(kind: str, section: dict, random_dir: str, dtype: str) -> d
     section = copy.deepcopy(section)
     section.setdefault("torch_dtype", dtype)
     weights = section.get("from_pretrained")
-    if weights is None:
+    if weights is None and section.get("random_init_from"):
+        section["from_pretrained"] = random_text_folder(kind, section.pop("random_init_from"), random_dir)
+    elif weights is None:
         registry = registry_of(kind)
         section["from_pretrained"] = _materialize(kind, section, random_dir, lambda: registry.build(section),
                                                   _save_cell)
@@ -45,6 +49,30 @@ def resolved_section(kind: str, section: dict, random_dir: str, dtype: str) -> d
         raise ConfigError(f"{kind} weights not found: {weights} (download hpcai-tech/Open-Sora-v2 into ./ckpts, "
                           f"or set {kind}.from_pretrained)")
     return section
+
+
+def random_text_folder(kind: str, source: str, random_dir: str) -> str:
+    """A text encoder folder with random weights: ``source``'s config.json and tokenizer files, and a
+    ``model.ckpt`` of the model that config describes (T5, or CLIP when the section says ``is_clip`` or the
+    path names ``openai``, upstream's rule), made once in ``random_dir``."""
+    if not os.path.isfile(os.path.join(source, "config.json")):
+        raise ConfigError(f"{kind}.random_init_from: {source} has no config.json (a folder with the config and the "
+                          "tokenizer files, e.g. assets/tiny_t5)")
+
+    def build():
+        from ...models.text_encoder.conditioner import CLIPEmbedder
+        from ...models.text_encoder.embedder import T5Embedder
+
+        cls = CLIPEmbedder if kind == "clip" else T5Embedder
+        return cls.model_class(cls.config_class.from_json(os.path.join(source, "config.json")))
+
+    def save(net, path):
+        os.makedirs(path, exist_ok=True)
+        for name in os.listdir(source):
+            shutil.copy(os.path.join(source, name), os.path.join(path, name))
+        _save_cell(net, os.path.join(path, "model.ckpt"))
+
+    return _materialize(kind, {"src": os.path.abspath(source)}, random_dir, build, save, ext="")
 
 
 def check_weights(cfg, kinds) -> None:
