@@ -260,4 +260,4 @@ def test_video_reference_resize_matches_torch():
                                                   mode="bilinear", align_corners=False).permute(1, 0, 2, 3).numpy()
         i, j = (0, int(round(sw - tw) / 2.0)) if rh > rw else (int(round(sh - th) / 2.0), 0)
         np.testing.assert_allclose(resize_crop_video(video, (th, tw)), resized[:, :, i:i + th, j:j + tw],
-                                   rtol=0, atol=2e-6)
+                                   rtol=0, atol=1e-5)  # float order of the two lerps; one 8-bit step is 4e-3
