@@ -27,11 +27,11 @@ sys.path.insert(0, ".")
 argv = ["--config", sys.argv[1], *sys.argv[2:]]
 from opensora.inference.v2.options import is_v2_config
 if is_v2_config(argv):
-    from opensora.inference.pipeline import _DTYPES
+    from opensora.dtypes import canonical
     from opensora.inference.v2.components import resolved_section
     from opensora.inference.v2.options import parse_v2
     cfg = parse_v2(argv)
-    dtype = _DTYPES[cfg.dtype]
+    dtype = canonical(cfg.dtype)
     sections = {k: resolved_section(k, cfg[k], cfg.random_weights_dir, dtype) for k in ("t5", "clip", "ae")}
     sub_dir = ("image" if int(cfg.sampling["num_frames"]) == 1 else "video") + (
         f"_{cfg.sampling['resolution']}" if cfg.sampling["resolution"] else "")

@@ -166,10 +166,10 @@ def encode_v2(cfg, todo: list[tuple[str, str]]) -> int:
     import mindspore as ms
     from tqdm import tqdm
 
-    from opensora.inference.pipeline import _DTYPES
+    from opensora.dtypes import canonical
     from opensora.inference.v2.components import registry_of, resolved_section
 
-    dtype = _DTYPES[cfg.dtype]
+    dtype = canonical(cfg.dtype)
     t5, clip = (registry_of(k).build(resolved_section(k, cfg[k], cfg.random_weights_dir, dtype)) for k in ("t5", "clip"))
     written = 0
     with tqdm(total=len(todo), desc="T5+CLIP", unit="caption") as bar:

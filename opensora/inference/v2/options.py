@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 
 from ...config import Config, ConfigError, Option, Schema, closest_key_hint, load_yaml, optional, str2bool
+from ...dtypes import DTYPE_CHOICES
 from ...runtime import runtime_options
 
 # upstream's SamplingOption fields (and their defaults there)
@@ -58,7 +59,7 @@ OPTIONS = [
     Option("seed", int, 42, "seed of the noise when sampling_option.seed is null (upstream: random then)"),
     Option("batch_size", int, 1, "prompts per batch"),
     Option("num_sample", int, 1, "samples per prompt (names get _k for k > 0, as upstream)"),
-    Option("dtype", str, "bf16", "model dtype", choices=("fp32", "fp16", "bf16", "float32", "float16", "bfloat16")),
+    Option("dtype", str, "bf16", "model dtype", choices=DTYPE_CHOICES),
     Option("offload", str2bool, False, "run one stage at a time over all prompts and release each model after "
                                        "its stage (upstream's offload_model)", aliases=("offload_model",)),
     Option("patch_size", int, 2, "latent patch size of the diffusion model"),

@@ -34,11 +34,11 @@ import mindspore as ms
 
 from ...config import ConfigError
 from ...datasets import aspect_v2
+from ...dtypes import canonical, to_ms_dtype
 from ...datasets.embedding_cache import read_text_embedding
 from ...models.vae.geometry import geometry_of
 from ...schedulers import flow_v2
 from ..output import finished, save_latent, save_sample
-from ..pipeline import _DTYPES
 from ..prompts import extract_json_from_prompts, load_prompt_rows, safe_file_name
 from ..references import check_reference_path, read_reference, split_references
 from .components import Models, check_weights
@@ -87,7 +87,7 @@ class PipelineV2:
         for key in ("model", "ae"):
             if not cfg.get(key):
                 raise ConfigError(f"the config needs a '{key}' section (see configs/opensora-v2/inference/)")
-        self.dtype = getattr(ms, _DTYPES[cfg.dtype])
+        self.dtype = to_ms_dtype(cfg.dtype)
         self.num_frames = aspect_v2.check_num_frames(opts["num_frames"])
         self.height, self.width = self._video_size(opts)
         self.cond = cond_type_of("i2v_head" if cfg.use_t2i2v else cfg.cond_type)
@@ -107,7 +107,7 @@ class PipelineV2:
         self.sub_dir = f"{self.kind}_{opts['resolution']}" if opts["resolution"] else self.kind
         self.rows = self._rows()
         self._check_inputs()
-        self.models = Models(cfg, _DTYPES[cfg.dtype])
+        self.models = Models(cfg, canonical(cfg.dtype))
         self.stats: dict = {"stages_s": {}, "sample_s": [], "decode_s": []}
 
     # ------------------------------------------------------------------ checks (no model loaded)
