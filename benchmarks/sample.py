@@ -3,6 +3,7 @@
     python scripts/benchmark.py sample --config configs/tiny/inference/sample_t2v.yaml \
         --warmup-count 1 --eval-count 2 --benchmark-save-path outputs/bench_sample.json
     python scripts/benchmark.py sample --config ... --three-stage true   # also each stage's peak memory
+    python scripts/benchmark.py sample --config configs/tiny/inference/sample_v2.yaml   # Open-Sora 2.0 (sample_v2.py)
 
 Report: model load time per component, compile time (first model call minus the median call),
 per-step latency (median/min/max of timed, synchronised model calls), end-to-end time per video,
@@ -63,6 +64,12 @@ def _mean(values):
 
 
 def run(argv=None) -> dict:
+    from opensora.inference.v2.options import is_v2_config
+
+    if is_v2_config(argv):  # Open-Sora 2.0: its own pipeline and report (benchmarks/sample_v2.py)
+        from .sample_v2 import run as run_v2
+
+        return run_v2(argv)
     from opensora.config import Schema
     from opensora.inference.pipeline import InferencePipeline
     from opensora.runtime import init_runtime_from

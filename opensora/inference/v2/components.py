@@ -106,6 +106,11 @@ class Models:
             logger.info("%s built in %.1f s", kind, self.load_s[kind])
         return self._built[kind]
 
+    def wrap(self, kind: str, wrapper):
+        """Build ``kind`` and use ``wrapper(model)`` in its place from now on (e.g. a benchmark's step timer)."""
+        self._built[kind] = wrapper(self.get(kind))
+        return self._built[kind]
+
     def release(self, *kinds) -> None:
         """Drop the named models (all when none named) so that their memory can be reused."""
         for kind in kinds or list(self._built):
