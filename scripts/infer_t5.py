@@ -170,7 +170,8 @@ def encode_v2(cfg, todo: list[tuple[str, str]]) -> int:
     from opensora.inference.v2.components import registry_of, resolved_section
 
     dtype = canonical(cfg.dtype)
-    t5, clip = (registry_of(k).build(resolved_section(k, cfg[k], cfg.random_weights_dir, dtype)) for k in ("t5", "clip"))
+    t5, clip = (registry_of(k).build(resolved_section(k, cfg[k], cfg.random_weights_dir, dtype))
+                for k in ("t5", "clip"))
     written = 0
     with tqdm(total=len(todo), desc="T5+CLIP", unit="caption") as bar:
         for start in range(0, len(todo), cfg.batch_size):

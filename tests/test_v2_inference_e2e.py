@@ -77,7 +77,8 @@ def test_t2v_video_prompt_file_and_graph_mode(env, tmp_path):
 def test_batch_equals_one_by_one_and_copy_back(env, tmp_path):
     """i2v_head over two prompts: batch 2 == batch 1, and both samples start with their reference latent
     (upstream restores it in batch item 0 only)."""
-    args = ("--prompt", "a cat", "a dog runs", "--cond_type", "i2v_head", "--ref", env["image"], "--save_latent", "true")
+    args = ("--prompt", "a cat", "a dog runs", "--cond_type", "i2v_head", "--ref", env["image"],
+            "--save_latent", "true")
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
     assert env["run"](*args, "--save-dir", one, "--batch_size", "1") == 0
     assert env["run"](*args, "--save-dir", two, "--batch_size", "2") == 0
@@ -121,7 +122,8 @@ def test_three_stage_equals_one_process(env, tmp_path):
     one, three = str(tmp_path / "one"), str(tmp_path / "three")
     assert env["run"]("--prompt-path", str(prompts), "--save-dir", one, "--save_latent", "true") == 0
     assert env["run"]("--prompt-path", str(prompts), "--write_prompts", str(tmp_path / "scored.txt")) == 0
-    assert (tmp_path / "scored.txt").read_text() == "a cat walks. 8 FPS. 4 motion score.\na red car. 8 FPS. 4 motion score.\n"
+    assert (tmp_path / "scored.txt").read_text() == ("a cat walks. 8 FPS. 4 motion score.\n"
+                                                     "a red car. 8 FPS. 4 motion score.\n")
     from opensora.inference.v2.components import resolved_section
     from opensora.inference.v2.options import parse_v2
 

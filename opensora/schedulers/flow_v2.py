@@ -19,11 +19,12 @@ Latents are packed in 2x2 patches: (B, C, T, H, W) -> (B, T*H/2*W/2, 4C). The lo
 the model's dtype and round after every elementwise operation as upstream's bf16 tensors do (a no-op in
 float32); timesteps and guidance scales are rounded to the model's dtype before the model sees them.
 
-The model is called through the protocol of the 2.0 models: once per prompt batch
-``conditioning = model.prepare_conditioning(img_ids, txt, txt_ids, y_vec, cond=..., guidance=...)`` (what is
-constant over the steps: text, pooled-vector, image-condition and guidance projections, RoPE tables), then
-every step ``model(img, timesteps=t, conditioning=conditioning)``. ``text`` below is the dict of the first
-four (``img_ids``, ``txt``, ``txt_ids``, ``y_vec``) for the rows the model sees (3B for the video sampler).
+The model is called through the project's protocol: once per prompt batch
+``prepared = model.prepare_conditioning(img_ids, txt, txt_ids, y_vec, cond=..., guidance=...)`` (keyword
+arguments holding what is constant over the steps: text, pooled-vector, image-condition and guidance
+projections, RoPE tables), then every step ``model(img, timesteps=t, **prepared)``. ``text`` below is the
+dict of the first four (``img_ids``, ``txt``, ``txt_ids``, ``y_vec``) for the rows the model sees (3B for the
+video sampler).
 """
 from __future__ import annotations
 
@@ -177,14 +178,14 @@ class I2VDenoiser:
         b = img.shape[0]
         tokens_per_frame = img.shape[1] // latent_frames
         cond = cond.astype(dtype)
-        conditioning = model.prepare_conditioning(**text, cond=ops.concat([cond, cond, ops.zeros_like(cond)], axis=0),
-                                                  guidance=r.full(3 * b, self.guidance))
+        prepared = model.prepare_conditioning(**text, cond=ops.concat([cond, cond, ops.zeros_like(cond)], axis=0),
+                                              guidance=r.full(3 * b, self.guidance))
         img = r(img.astype(ms.float32))
         ramp = image_ramp and self.scale_temporal_osci
         for i in progress(range(len(timesteps) - 1), progress_bar, "v2 denoise"):
             t_curr, t_next = timesteps[i], timesteps[i + 1]
             x3 = ops.concat([img, img, img], axis=0).astype(dtype)
-            pred = model(x3, timesteps=r.full(3 * b, t_curr), conditioning=conditioning).astype(ms.float32)
+            pred = model(x3, timesteps=r.full(3 * b, t_curr), **prepared).astype(ms.float32)
             v_cond, v_neg, v_neg_noimg = pred[:b], pred[b:2 * b], pred[2 * b:]
             g_txt, g_img = self.scales(i, len(timesteps), latent_frames, ramp)
             if isinstance(g_img, np.ndarray):  # per latent frame -> per token, rounded to the dtype as upstream
@@ -208,10 +209,10 @@ class DistilledDenoiser:
         """``img`` (B, L, D) packed noise, ``text`` for the B rows -> the packed latent."""
         r = _Rounding(dtype)
         b = img.shape[0]
-        conditioning = model.prepare_conditioning(**text, guidance=r.full(b, self.guidance))
+        prepared = model.prepare_conditioning(**text, guidance=r.full(b, self.guidance))
         img = r(img.astype(ms.float32))
         for i in progress(range(len(timesteps) - 1), progress_bar, "flux denoise"):
             t_curr, t_next = timesteps[i], timesteps[i + 1]
-            pred = model(img.astype(dtype), timesteps=r.full(b, t_curr), conditioning=conditioning)
+            pred = model(img.astype(dtype), timesteps=r.full(b, t_curr), **prepared)
             img = _euler(r, img, pred.astype(ms.float32), t_curr, t_next)
         return img.astype(dtype)

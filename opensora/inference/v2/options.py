@@ -51,7 +51,8 @@ OPTIONS = [
     Option("sampling_option", is_dict=True, default=None,
            help="upstream's sampling_option {resolution, aspect_ratio, num_frames, num_steps, guidance, ...}"),
     Option("resolution", optional(str), None, "sets sampling_option.resolution (256px, 768px)"),
-    Option("aspect_ratio", optional(str), None, "sets sampling_option.aspect_ratio (W:H: 16:9, 9:16, 1:1, 2.39:1, ...)"),
+    Option("aspect_ratio", optional(str), None,
+           "sets sampling_option.aspect_ratio (width:height: 16:9, 9:16, 1:1, 2.39:1, ...)"),
     Option("num_frames", optional(int), None, "sets sampling_option.num_frames (4k+1 up to 129; 1: an image)"),
     Option("num_steps", optional(int), None, "sets sampling_option.num_steps"),
     Option("guidance", optional(float), None, "sets sampling_option.guidance (text guidance)"),
@@ -122,7 +123,8 @@ def sampling_options(cfg: Config) -> dict:
         if cfg.get(key) is not None:
             opts[key] = cfg[key]
     if opts["method"] not in ("i2v", "distill"):
-        raise ConfigError(f"sampling_option.method must be 'i2v' (the video model) or 'distill', got {opts['method']!r}")
+        raise ConfigError(f"sampling_option.method must be 'i2v' (the video model) or 'distill', "
+                          f"got {opts['method']!r}")
     return opts
 
 

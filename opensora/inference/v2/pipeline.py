@@ -18,8 +18,9 @@ Stages, as upstream's ``scripts/diffusion/inference.py`` and ``api_fn`` run them
 Without ``offload`` the stages run batch by batch with every model kept once built (upstream's order).
 With ``offload`` each stage runs over all batches and its models are released before the next stage
 (T5/CLIP, Flux, its AE, the VAE and the video model are never in memory together; the embeddings and
-latents in between are kept on the host, about 8 MB per prompt for T5's 512 x 4096 in float32). Both orders give the same videos: each sample's noise is
-seeded by (seed, prompt index, sample index, stream), never by batch position.
+latents in between are kept on the host, about 8 MB per prompt for T5's 512 x 4096 in float32). Both orders
+give the same videos: each sample's noise is seeded by (seed, prompt index, sample index, stream), never by
+batch position.
 """
 from __future__ import annotations
 
@@ -170,7 +171,8 @@ class PipelineV2:
         if cfg.use_t2i2v:
             for key in ("img_flux", "img_flux_ae"):
                 if not cfg.get(key):
-                    raise ConfigError(f"use_t2i2v needs an '{key}' section (see configs/opensora-v2/inference/t2i2v_*.yaml)")
+                    raise ConfigError(f"use_t2i2v needs an '{key}' section "
+                                      "(see configs/opensora-v2/inference/t2i2v_*.yaml)")
             self.image_size = aspect_v2.get_image_size(cfg.img_resolution, self.opts["aspect_ratio"], training=True)
         if cfg.text_embed_folder and cfg.use_t2i2v:
             raise ConfigError("--text_embed_folder holds the video prompts' embeddings; text-to-image-to-video also "
@@ -243,7 +245,8 @@ class PipelineV2:
         """(name, models it uses, function of a batch), in order."""
         out = [("text", () if self.cfg.text_embed_folder else ("t5", "clip"), self.stage_text)]
         if self.cfg.use_t2i2v:
-            out += [("image", ("img_flux",), self.stage_image), ("image_decode", ("img_flux_ae",), self.stage_image_decode)]
+            out += [("image", ("img_flux",), self.stage_image),
+                    ("image_decode", ("img_flux_ae",), self.stage_image_decode)]
         if self.cond.needs_reference:
             out.append(("references", ("ae",), self.stage_references))
         out.append(("sample", ("model",), self.stage_sample))
@@ -262,8 +265,9 @@ class PipelineV2:
             path = os.path.join(folder, f"{row.position:04d}.npz")
             entry = read_text_embedding(path)
             if entry["text"] != text:
-                raise ConfigError(f"{path} holds the embedding of {entry['text']!r}, but this run's prompt {row.position} "
-                                  f"is {text!r}; write the cache from the same prompts (run_sample_3stages.sh does)")
+                raise ConfigError(f"{path} holds the embedding of {entry['text']!r}, but this run's prompt "
+                                  f"{row.position} is {text!r}; write the cache from the same prompts "
+                                  "(run_sample_3stages.sh does)")
             if "pooled_emb" not in entry:
                 raise ConfigError(f"{path} has no CLIP 'pooled_emb': write it with infer_t5.py --t5 ... --clip ... "
                                   "(an Open-Sora 2.0 text cache)")
