@@ -221,14 +221,15 @@ def sample(model, z, txt, y_vec, neg_txt, neg_y_vec, cond_type="t2v", references
     timesteps = get_schedule(num_steps, (w * h) // patch_size ** 2, t, shift=shift, shift_alpha=flow_shift)
     if distilled:
         img_ids, txt_ids = prepare_ids(z, txt.shape[1], patch_size)
-        x = distilled_denoise(model, pack(z, patch_size), img_ids.to(dtype), txt, txt_ids.to(dtype), y_vec, timesteps, guidance)
+        x = distilled_denoise(model, pack(z, patch_size), img_ids.to(dtype), txt, txt_ids.to(dtype), y_vec, timesteps,
+                              guidance)
         return unpack(x, h * 8, w * 8, t, patch_size)
     z3 = torch.cat([z, z, z], dim=0)
     img_ids, txt_ids = prepare_ids(z3, txt.shape[1], patch_size)
     masks, masked_ref = prepare_inference_condition(z, cond_type, ref_list=references or [None] * b)
     x = i2v_denoise(model, pack(z3, patch_size), img_ids.to(dtype), torch.cat([txt, neg_txt, neg_txt]),
-                    txt_ids.to(dtype), torch.cat([y_vec, neg_y_vec, neg_y_vec]), timesteps, guidance, guidance_img, masks,
-                    masked_ref, text_osci, image_osci, scale_temporal_osci and "i2v" in cond_type, patch_size)
+                    txt_ids.to(dtype), torch.cat([y_vec, neg_y_vec, neg_y_vec]), timesteps, guidance, guidance_img,
+                    masks, masked_ref, text_osci, image_osci, scale_temporal_osci and "i2v" in cond_type, patch_size)
     x = unpack(x, h * 8, w * 8, t, patch_size)
     for j in range(b) if copy_back_all else range(1):
         if cond_type == "i2v_head":
