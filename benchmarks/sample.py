@@ -59,6 +59,27 @@ def _options():
     ]
 
 
+def timed_runs(pipe, timer: StepTimer, cfg, reset_stats) -> tuple[float | None, list[float], list[str]]:
+    """``warmup_count`` untimed runs (into a temporary folder), then ``eval_count`` timed ones after
+    ``reset_stats()``: -> (the first model call's time, end-to-end seconds per video of each timed run, the
+    last run's outputs)."""
+    save_dir = cfg.save_dir
+    with tempfile.TemporaryDirectory() as tmp:
+        pipe.cfg.save_dir = tmp
+        for _ in range(cfg.warmup_count):
+            pipe.run()
+    first_call = timer.times[0] if timer.times else None
+    pipe.cfg.save_dir = save_dir
+    timer.times.clear()
+    reset_stats()
+    e2e, saved = [], []
+    for _ in range(cfg.eval_count):
+        start = time.perf_counter()
+        saved = pipe.run()
+        e2e.append((time.perf_counter() - start) / max(1, len(saved)))
+    return first_call, e2e, saved
+
+
 def _mean(values):
     return statistics.mean(values) if values else None
 
@@ -86,21 +107,12 @@ def run(argv=None) -> dict:
         report["model_load_s"] = {"total": time.perf_counter() - t0, **pipe.stats["load_s"]}
         timer = StepTimer(pipe.model)
         pipe.model = timer
-        save_dir = cfg.save_dir
-        with tempfile.TemporaryDirectory() as tmp:
-            pipe.cfg.save_dir = tmp
-            for _ in range(cfg.warmup_count):
-                pipe.run()
-        first_call = timer.times[0] if timer.times else None
-        pipe.cfg.save_dir = save_dir
-        timer.times.clear()
-        for key in ("sample_s", "decode_s", "save_s"):
-            pipe.stats.pop(key, None)
-        e2e = []
-        for _ in range(cfg.eval_count):
-            start = time.perf_counter()
-            saved = pipe.run()
-            e2e.append((time.perf_counter() - start) / max(1, len(saved)))
+
+        def reset_stats():
+            for key in ("sample_s", "decode_s", "save_s"):
+                pipe.stats.pop(key, None)
+
+        first_call, e2e, saved = timed_runs(pipe, timer, cfg, reset_stats)
     steps = list(timer.times)
     videos_per_run = len(pipe.prompts) * cfg.num_sample
     frames = pipe.num_frames + (cfg.loop - 1) * (pipe.num_frames - pipe.trim_frames())

@@ -12,11 +12,9 @@ the attention path, the config and the host. Warm-up runs use the same settings 
 from __future__ import annotations
 
 import statistics
-import tempfile
-import time
 
 from .common import PeakMemory, host_info, summarize, write_report
-from .sample import StepTimer
+from .sample import StepTimer, timed_runs
 
 
 def _options():
@@ -46,20 +44,8 @@ def run(argv=None) -> dict:
         init_runtime_from(cfg, seed=cfg.seed)
         pipe = PipelineV2(cfg)
         timer = pipe.models.wrap("model", StepTimer)
-        save_dir = cfg.save_dir
-        with tempfile.TemporaryDirectory() as tmp:
-            pipe.cfg.save_dir = tmp
-            for _ in range(cfg.warmup_count):
-                pipe.run()
-        first_call = timer.times[0] if timer.times else None
-        pipe.cfg.save_dir = save_dir
-        timer.times.clear()
-        pipe.stats.update(stages_s={}, sample_s=[], decode_s=[])
-        e2e = []
-        for _ in range(cfg.eval_count):
-            start = time.perf_counter()
-            saved = pipe.run()
-            e2e.append((time.perf_counter() - start) / max(1, len(saved)))
+        first_call, e2e, saved = timed_runs(pipe, timer, cfg,
+                                            lambda: pipe.stats.update(stages_s={}, sample_s=[], decode_s=[]))
     steps = list(timer.times)
     videos = max(1, len(pipe.rows) * cfg.num_sample * cfg.eval_count)
     report.update({

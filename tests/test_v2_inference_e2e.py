@@ -4,7 +4,6 @@ no offload; the three-stage split equals the one-process run; bad inputs stop wi
 model is built."""
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import imageio
@@ -12,16 +11,8 @@ import numpy as np
 import pytest
 import yaml
 
+from tests.fixtures.scripts import load_script
 from tests.fixtures.tiny_v2 import register_stand_ins, stand_in_config
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _script(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "scripts", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +30,7 @@ def env(tmp_path_factory):
     video = str(root / "ref.mp4")
     imageio.mimwrite(video, [(rng.random((50, 84, 3)) * 255).astype(np.uint8) for _ in range(40)], fps=8,
                      macro_block_size=2)
-    inference = _script("inference")
+    inference = load_script("inference")
     weights = str(root / "weights")
 
     def run(*args, mode="pynative"):
@@ -130,7 +121,7 @@ def test_three_stage_equals_one_process(env, tmp_path):
     cfg = parse_v2(["--config", env["config"]])
     sections = [f"--{k}={__import__('json').dumps(resolved_section(k, cfg[k], env['weights'], 'float32'))}"
                 for k in ("t5", "clip")]
-    infer_t5 = _script("infer_t5")
+    infer_t5 = load_script("infer_t5")
     for src, dst in (("scored.txt", "t5"), ("scored.neg.txt", "t5/neg")):
         assert infer_t5.main([*sections, "--mode", "pynative", "--batch_size", "2", "--prompt_path",
                               str(tmp_path / src), "--output_dir", str(tmp_path / dst)]) == 0
@@ -154,7 +145,7 @@ def test_three_stage_equals_one_process(env, tmp_path):
 def test_bad_input_one_line_before_models(env, tmp_path, capsys, args, message):
     weights = str(tmp_path / "no-weights")
     args = tuple(env["video"] if a == "REF_VIDEO" else a for a in args)
-    code = _script("inference").main(["--config", env["config"], "--prompt", "a cat", "--save-dir", str(tmp_path),
+    code = load_script("inference").main(["--config", env["config"], "--prompt", "a cat", "--save-dir", str(tmp_path),
                                       "--random_weights_dir", weights, *args])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
