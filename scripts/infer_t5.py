@@ -179,7 +179,7 @@ def encode_v2(cfg, todo: list[tuple[str, str]]) -> int:
             texts = [t for _, t in batch] + [""] * (cfg.batch_size - len(batch))  # one shape for graph mode
             txt = t5(texts).astype(ms.float32).asnumpy()
             vec = clip(texts).astype(ms.float32).asnumpy()
-            ids, _ = t5.tokenize(texts)
+            ids, _ = t5.embedder.tokenize(texts)  # the tokens T5 saw (no mask: all of them)
             for i, (path, text) in enumerate(batch):
                 write_text_embedding(path, txt[i], np.ones(txt.shape[1], np.uint8), np.asarray(ids[i])[:txt.shape[1]],
                                      text, pooled_emb=vec[i])
