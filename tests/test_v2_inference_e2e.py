@@ -1,7 +1,8 @@
-"""Open-Sora 2.0 through scripts/inference.py end to end on a tiny config (PyNative, 3 steps, 48 x 80, 9 frames):
-t2v, i2v_head, i2v_loop, v2v_head and t2i2v write real videos; batches equal one-by-one runs; offload equals
-no offload; the three-stage split equals the one-process run; bad inputs stop with one line before any
-model is built."""
+"""Open-Sora 2.0 through scripts/inference.py end to end on the tiny config configs/tiny/inference/sample_v2.yaml:
+the real components (MMDiT, Hunyuan VAE, T5, CLIP) with random weights, PyNative but the t2v run in graph mode,
+4 steps, 48 x 80, 9 frames. t2v, i2v_head, i2v_loop and v2v_head write real videos; batches equal one-by-one
+runs; the three-stage split equals the one-process run; bad inputs stop with one line before any model is
+built. (That the numbers are upstream's, and t2i2v with offload from a csv: test_v2_pipeline_composition.py.)"""
 from __future__ import annotations
 
 import os
@@ -9,19 +10,15 @@ import os
 import imageio
 import numpy as np
 import pytest
-import yaml
 
-from tests.fixtures.scripts import load_script
-from tests.fixtures.tiny_v2 import register_stand_ins, stand_in_config
+from tests.fixtures.scripts import ROOT, load_script
+
+CONFIG = os.path.join(ROOT, "configs/tiny/inference/sample_v2.yaml")
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    register_stand_ins()
     root = tmp_path_factory.mktemp("v2")
-    config = str(root / "tiny_v2.yaml")
-    with open(config, "w") as f:
-        yaml.safe_dump(stand_in_config(), f)
     rng = np.random.default_rng(0)
     from PIL import Image
 
@@ -34,10 +31,10 @@ def env(tmp_path_factory):
     weights = str(root / "weights")
 
     def run(*args, mode="pynative"):
-        return inference.main(["--config", config, "--mode", mode, "--verbose", "0", "--random_weights_dir", weights,
+        return inference.main(["--config", CONFIG, "--mode", mode, "--verbose", "0", "--random_weights_dir", weights,
                                *args])
 
-    return dict(run=run, root=root, image=image, video=video, config=config, weights=weights)
+    return dict(run=run, root=root, image=image, video=video, weights=weights)
 
 
 def _latent(save_dir, name="prompt_0000"):
@@ -49,7 +46,8 @@ def _frames(path):
         return reader.count_frames()
 
 
-def test_t2v_video_prompt_file_and_graph_mode(env, tmp_path):
+def test_t2v_graph_mode(env, tmp_path):
+    """(Graph mode's numbers against the reference composition: test_v2_pipeline_composition.py, i2v_head.)"""
     out = str(tmp_path / "t2v")
     assert env["run"]("--prompt", "a cat walks", "--save-dir", out, "--save_latent", "true", mode="graph") == 0
     video = os.path.join(out, "video_64px", "prompt_0000.mp4")
@@ -59,15 +57,11 @@ def test_t2v_video_prompt_file_and_graph_mode(env, tmp_path):
     with open(os.path.join(out, "video_64px", "prompt_0000.txt")) as f:
         assert f.read() == "a cat walks. 8 FPS. 4 motion score."
     assert _latent(out).shape == (4, 3, 6, 10)
-    # PyNative gives the same latent
-    again = str(tmp_path / "again")
-    assert env["run"]("--prompt", "a cat walks", "--save-dir", again, "--save_latent", "true") == 0
-    np.testing.assert_allclose(_latent(again), _latent(out), rtol=0, atol=1e-5)
 
 
-def test_batch_equals_one_by_one_and_copy_back(env, tmp_path):
-    """i2v_head over two prompts: batch 2 == batch 1, and both samples start with their reference latent
-    (upstream restores it in batch item 0 only)."""
+def test_batch_equals_one_by_one(env, tmp_path):
+    """i2v_head over two prompts: batch 2 == batch 1 (each sample's noise and posterior draw are its own; that
+    both samples get their reference latent back is checked in test_v2_pipeline_composition.py)."""
     args = ("--prompt", "a cat", "a dog runs", "--cond_type", "i2v_head", "--ref", env["image"],
             "--save_latent", "true")
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
@@ -76,8 +70,6 @@ def test_batch_equals_one_by_one_and_copy_back(env, tmp_path):
     for name in ("prompt_0000", "prompt_0001"):
         np.testing.assert_allclose(_latent(two, name), _latent(one, name), rtol=0, atol=1e-5)
         assert _frames(os.path.join(two, "video_64px", name + ".mp4")) == 9
-    first = [_latent(two, n)[:, 0] for n in ("prompt_0000", "prompt_0001")]
-    np.testing.assert_array_equal(first[0], first[1])  # the same image: the same restored frame in both
     assert np.abs(_latent(two, "prompt_0000")[:, 1] - _latent(two, "prompt_0001")[:, 1]).max() > 1e-3
 
 
@@ -92,21 +84,6 @@ def test_i2v_loop_and_v2v_head(env, tmp_path):
     assert _frames(os.path.join(v2v, "video_64px", "prompt_0000.mp4")) == 37
 
 
-def test_t2i2v_and_offload_equal(env, tmp_path):
-    csv = tmp_path / "prompts.csv"
-    csv.write_text('text,name\n"a red kite",kite\n"the river at dawn",\n')
-    plain, offload = str(tmp_path / "plain"), str(tmp_path / "offload")
-    assert env["run"]("--csv", str(csv), "--use_t2i2v", "true", "--save-dir", plain, "--save_latent", "true") == 0
-    assert env["run"]("--dataset.data-path", str(csv), "--use_t2i2v", "true", "--offload", "true",
-                      "--save-dir", offload, "--save_latent", "true") == 0
-    for name in ("kite", "prompts_0001"):
-        png = os.path.join(plain, "video_64px", "generated_condition", name + ".png")
-        assert os.path.isfile(png) and _frames(os.path.join(plain, "video_64px", name + ".mp4")) == 9
-        np.testing.assert_allclose(_latent(offload, name), _latent(plain, name), rtol=0, atol=1e-5)
-    with open(os.path.join(plain, "video_64px", "generated_condition", "kite.txt")) as f:
-        assert f.read() == "a red kite"  # the first frame is made from the prompt as given
-
-
 def test_three_stage_equals_one_process(env, tmp_path):
     prompts = tmp_path / "p.txt"
     prompts.write_text("a cat walks\na red car\n")
@@ -118,7 +95,7 @@ def test_three_stage_equals_one_process(env, tmp_path):
     from opensora.inference.v2.components import resolved_section
     from opensora.inference.v2.options import parse_v2
 
-    cfg = parse_v2(["--config", env["config"]])
+    cfg = parse_v2(["--config", CONFIG])
     sections = [f"--{k}={__import__('json').dumps(resolved_section(k, cfg[k], env['weights'], 'float32'))}"
                 for k in ("t5", "clip")]
     infer_t5 = load_script("infer_t5")
@@ -145,8 +122,8 @@ def test_three_stage_equals_one_process(env, tmp_path):
 def test_bad_input_one_line_before_models(env, tmp_path, capsys, args, message):
     weights = str(tmp_path / "no-weights")
     args = tuple(env["video"] if a == "REF_VIDEO" else a for a in args)
-    code = load_script("inference").main(["--config", env["config"], "--prompt", "a cat", "--save-dir", str(tmp_path),
-                                      "--random_weights_dir", weights, *args])
+    code = load_script("inference").main(["--config", CONFIG, "--prompt", "a cat", "--save-dir", str(tmp_path),
+                                          "--random_weights_dir", weights, *args])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
     assert not os.path.exists(weights)  # nothing was built
