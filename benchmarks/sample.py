@@ -3,6 +3,7 @@
     python scripts/benchmark.py sample --config configs/tiny/inference/sample_t2v.yaml \
         --warmup-count 1 --eval-count 2 --benchmark-save-path outputs/bench_sample.json
     python scripts/benchmark.py sample --config ... --three-stage true   # also each stage's peak memory
+    python scripts/benchmark.py sample --config configs/tiny/inference/sample_v2.yaml   # Open-Sora 2.0 (sample_v2.py)
 
 Report: model load time per component, compile time (first model call minus the median call),
 per-step latency (median/min/max of timed, synchronised model calls), end-to-end time per video,
@@ -58,11 +59,38 @@ def _options():
     ]
 
 
+def timed_runs(pipe, timer: StepTimer, cfg, reset_stats) -> tuple[float | None, list[float], list[str]]:
+    """``warmup_count`` untimed runs (into a temporary folder), then ``eval_count`` timed ones after
+    ``reset_stats()``: -> (the first model call's time, end-to-end seconds per video of each timed run, the
+    last run's outputs)."""
+    save_dir = cfg.save_dir
+    with tempfile.TemporaryDirectory() as tmp:
+        pipe.cfg.save_dir = tmp
+        for _ in range(cfg.warmup_count):
+            pipe.run()
+    first_call = timer.times[0] if timer.times else None
+    pipe.cfg.save_dir = save_dir
+    timer.times.clear()
+    reset_stats()
+    e2e, saved = [], []
+    for _ in range(cfg.eval_count):
+        start = time.perf_counter()
+        saved = pipe.run()
+        e2e.append((time.perf_counter() - start) / max(1, len(saved)))
+    return first_call, e2e, saved
+
+
 def _mean(values):
     return statistics.mean(values) if values else None
 
 
 def run(argv=None) -> dict:
+    from opensora.inference.v2.options import is_v2_config
+
+    if is_v2_config(argv):  # Open-Sora 2.0: its own pipeline and report (benchmarks/sample_v2.py)
+        from .sample_v2 import run as run_v2
+
+        return run_v2(argv)
     from opensora.config import Schema
     from opensora.inference.pipeline import InferencePipeline
     from opensora.runtime import init_runtime_from
@@ -79,21 +107,12 @@ def run(argv=None) -> dict:
         report["model_load_s"] = {"total": time.perf_counter() - t0, **pipe.stats["load_s"]}
         timer = StepTimer(pipe.model)
         pipe.model = timer
-        save_dir = cfg.save_dir
-        with tempfile.TemporaryDirectory() as tmp:
-            pipe.cfg.save_dir = tmp
-            for _ in range(cfg.warmup_count):
-                pipe.run()
-        first_call = timer.times[0] if timer.times else None
-        pipe.cfg.save_dir = save_dir
-        timer.times.clear()
-        for key in ("sample_s", "decode_s", "save_s"):
-            pipe.stats.pop(key, None)
-        e2e = []
-        for _ in range(cfg.eval_count):
-            start = time.perf_counter()
-            saved = pipe.run()
-            e2e.append((time.perf_counter() - start) / max(1, len(saved)))
+
+        def reset_stats():
+            for key in ("sample_s", "decode_s", "save_s"):
+                pipe.stats.pop(key, None)
+
+        first_call, e2e, saved = timed_runs(pipe, timer, cfg, reset_stats)
     steps = list(timer.times)
     videos_per_run = len(pipe.prompts) * cfg.num_sample
     frames = pipe.num_frames + (cfg.loop - 1) * (pipe.num_frames - pipe.trim_frames())

@@ -16,6 +16,10 @@ files left by a killed run are removed, so a rerun finishes the job.
 Captions are cleaned with upstream's ``text_preprocessing`` for prompts (as upstream's inference
 does) and kept as they are for csv captions (as upstream's training encodes them);
 ``--clean_caption true|false`` overrides.
+
+Open-Sora 2.0: ``--t5 '<the config's t5 section>' --clip '<its clip section>'`` (run_sample_3stages.sh
+passes them): ``text_emb`` is T5's output (512 tokens, no attention mask, so ``mask`` is all ones),
+``pooled_emb`` CLIP's pooled output; captions are not cleaned (upstream 2.0 does not clean them).
 """
 from __future__ import annotations
 
@@ -23,6 +27,8 @@ import glob
 import logging
 import os
 import sys
+
+import numpy as np
 
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -47,8 +53,12 @@ SCHEMA = Schema([
     Option("dtype", str, "float32", "T5 compute dtype (bfloat16 on Ascend only)",
            choices=DTYPE_CHOICES),
     Option("overwrite", str2bool, False, "recompute files that already exist"),
-    Option("clean_caption", str, "auto", "upstream caption cleaning: auto = prompts yes, csv captions no",
-           choices=("auto", "true", "false")),
+    Option("clean_caption", str, "auto", "upstream caption cleaning: auto = prompts yes, csv captions no "
+                                         "(2.0: no)", choices=("auto", "true", "false")),
+    Option("t5", is_dict=True, default=None, help="Open-Sora 2.0: the config's t5 section (with --clip)"),
+    Option("clip", is_dict=True, default=None, help="Open-Sora 2.0: the config's clip section (with --t5)"),
+    Option("random_weights_dir", str, "models/random-init", "2.0 sections with a null from_pretrained: where "
+                                                            "their random weights are (as the inference script)"),
     *runtime_options(),
 ], description="Cache T5 text embeddings as npz files")
 
@@ -105,7 +115,9 @@ def check_config(cfg) -> None:
         raise ConfigError(f"batch_size must be positive, got {cfg.batch_size}")
     if cfg.model_max_length <= 0:
         raise ConfigError(f"model_max_length must be positive, got {cfg.model_max_length}")
-    if not cfg.t5_model_dir:
+    if bool(cfg.t5) != bool(cfg.clip):
+        raise ConfigError("Open-Sora 2.0 embeddings need both --t5 and --clip (the config's sections)")
+    if not cfg.t5_model_dir and not cfg.t5:
         raise ConfigError("--t5_model_dir is required: the DeepFloyd/t5-v1_1-xxl directory (see tools/convert_t5.py)")
 
 
@@ -128,6 +140,8 @@ def run(cfg) -> int:
     from opensora.runtime import init_runtime_from
 
     init_runtime_from(cfg)
+    if cfg.t5:
+        return encode_v2(cfg, todo)
     encoder = T5Encoder(from_pretrained=cfg.t5_model_dir, model_max_length=cfg.model_max_length, dtype=cfg.dtype)
     clean = are_prompts if cfg.clean_caption == "auto" else cfg.clean_caption == "true"
     written = 0
@@ -141,6 +155,34 @@ def run(cfg) -> int:
             emb = (emb.astype(ms.float32) if emb.dtype == ms.bfloat16 else emb).asnumpy()  # numpy has no bf16
             for i, ((path, _), text) in enumerate(zip(batch, texts)):
                 write_text_embedding(path, emb[i], mask[i], ids[i], text)
+                written += 1
+            bar.update(len(batch))
+    logger.info("wrote %d file(s) to %s", written, cfg.output_dir)
+    return written
+
+
+def encode_v2(cfg, todo: list[tuple[str, str]]) -> int:
+    """Open-Sora 2.0: T5 (no mask) and CLIP pooled embeddings of the captions as they are."""
+    import mindspore as ms
+    from tqdm import tqdm
+
+    from opensora.dtypes import canonical
+    from opensora.inference.v2.components import registry_of, resolved_section
+
+    dtype = canonical(cfg.dtype)
+    t5, clip = (registry_of(k).build(resolved_section(k, cfg[k], cfg.random_weights_dir, dtype))
+                for k in ("t5", "clip"))
+    written = 0
+    with tqdm(total=len(todo), desc="T5+CLIP", unit="caption") as bar:
+        for start in range(0, len(todo), cfg.batch_size):
+            batch = todo[start:start + cfg.batch_size]
+            texts = [t for _, t in batch] + [""] * (cfg.batch_size - len(batch))  # one shape for graph mode
+            txt = t5(texts).astype(ms.float32).asnumpy()
+            vec = clip(texts).astype(ms.float32).asnumpy()
+            ids, _ = t5.embedder.tokenize(texts)  # the tokens T5 saw (no mask: all of them)
+            for i, (path, text) in enumerate(batch):
+                write_text_embedding(path, txt[i], np.ones(txt.shape[1], np.uint8), np.asarray(ids[i])[:txt.shape[1]],
+                                     text, pooled_emb=vec[i])
                 written += 1
             bar.update(len(batch))
     logger.info("wrote %d file(s) to %s", written, cfg.output_dir)

@@ -1,6 +1,5 @@
 """End to end on the tiny random-weight 1.2 config (PyNative, 2 steps, 32x32): t2v, t2i, i2v, loop
 extension, the three-stage split equal to the one-process run, determinism, and bad input."""
-import importlib.util
 import json
 import os
 
@@ -8,21 +7,15 @@ import imageio
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.fixtures.scripts import ROOT, load_script
+
 CONFIG = os.path.join(ROOT, "configs/tiny/inference/sample_t2v.yaml")
-
-
-def _script(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "scripts", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     weights = str(tmp_path_factory.mktemp("weights"))
-    inference = _script("inference")
+    inference = load_script("inference")
 
     def call(*args, frames=17):
         return inference.main(["--config", CONFIG, "--mode", "pynative", "--image_size", "32", "32",
@@ -61,9 +54,9 @@ def test_three_stage_latents_equal_one_process(run, tmp_path):
 
     cfg = inference_schema().parse(["--config", CONFIG])
     t5_dir = text_encoder_cfg(cfg.text_encoder, run.weights)["from_pretrained"]
-    assert _script("infer_t5").main(["--t5_model_dir", t5_dir, "--model_max_length", "16", "--mode", "pynative",
-                                     "--prompt_path", str(tmp_path / "scored.txt"),
-                                     "--output_dir", str(tmp_path / "t5")]) == 0
+    assert load_script("infer_t5").main(["--t5_model_dir", t5_dir, "--model_max_length", "16", "--mode", "pynative",
+                                          "--prompt_path", str(tmp_path / "scored.txt"),
+                                          "--output_dir", str(tmp_path / "t5")]) == 0
     # stage 2: no T5, no VAE
     assert run("--prompt_path", str(prompts), "--save_dir", three, "--text_embed_folder", str(tmp_path / "t5"),
                "--no_vae_decode", "true") == 0
@@ -76,8 +69,8 @@ def test_three_stage_latents_equal_one_process(run, tmp_path):
     from opensora.inference.components import vae_cfg
 
     vae_section = json.dumps(vae_cfg(cfg.vae, run.weights))
-    assert _script("infer_vae_decode").main(["--latent_path", os.path.join(three, "latents"), "--output_dir", three,
-                                             "--vae", vae_section, "--mode", "pynative"]) == 0
+    assert load_script("infer_vae_decode").main(["--latent_path", os.path.join(three, "latents"), "--output_dir",
+                                                 three, "--vae", vae_section, "--mode", "pynative"]) == 0
     from opensora.datasets.video_io import read_video
 
     for name in ("sample_0000", "sample_0001"):

@@ -4,7 +4,8 @@ One layout per cache, written by one function and read by one function; training
 the caching scripts and the three-stage sampler all go through these.
 
 Text cache (one file per caption): ``text_emb`` (L, D) float, ``mask`` (L,) uint8,
-``tokens`` (L,) int32, ``text`` (0-d str).
+``tokens`` (L,) int32, ``text`` (0-d str); Open-Sora 2.0 adds ``pooled_emb`` (V,) float, the CLIP
+pooled embedding (its ``text_emb`` is T5's, and ``mask`` is all ones: 2.0 attends to every token).
 Latent cache (one file per video): ``latent_mean`` and ``latent_std`` (C, T, H, W) float,
 ``fps`` float, ``ori_size`` (2,) int (height, width of the source), ``vae_type`` (0-d str).
 """
@@ -50,20 +51,29 @@ def _load(path: str, keys) -> dict:
         raise CacheError(f"{path}: unreadable npz ({err})") from None
 
 
-def write_text_embedding(path: str, text_emb, mask, tokens, text: str) -> None:
+def write_text_embedding(path: str, text_emb, mask, tokens, text: str, pooled_emb=None) -> None:
     text_emb, mask, tokens = np.asarray(text_emb), np.asarray(mask), np.asarray(tokens)
     if text_emb.ndim != 2 or mask.shape != (text_emb.shape[0],) or tokens.shape != mask.shape:
         raise CacheError(f"text embedding shapes do not fit: text_emb {text_emb.shape}, mask {mask.shape}, "
                          f"tokens {tokens.shape}; expected (L, D), (L,), (L,)")
+    extra = {}
+    if pooled_emb is not None:
+        extra["pooled_emb"] = np.asarray(pooled_emb)
+        if extra["pooled_emb"].ndim != 1:
+            raise CacheError(f"pooled_emb must be (V,), got {extra['pooled_emb'].shape}")
     atomic_savez(path, text_emb=text_emb, mask=mask.astype(np.uint8), tokens=tokens.astype(np.int32),
-                 text=np.array(text))
+                 text=np.array(text), **extra)
 
 
 def read_text_embedding(path: str) -> dict:
-    """-> ``{"text_emb": (L, D) float32, "mask": (L,) uint8, "tokens": (L,) int32, "text": str}``."""
+    """-> ``{"text_emb": (L, D) float32, "mask": (L,) uint8, "tokens": (L,) int32, "text": str}``, and
+    ``"pooled_emb"`` (V,) float32 when the file has it (Open-Sora 2.0)."""
     data = _load(path, TEXT_KEYS)
-    return {"text_emb": data["text_emb"].astype(np.float32), "mask": data["mask"].astype(np.uint8),
-            "tokens": data["tokens"].astype(np.int32), "text": str(data["text"])}
+    out = {"text_emb": data["text_emb"].astype(np.float32), "mask": data["mask"].astype(np.uint8),
+           "tokens": data["tokens"].astype(np.int32), "text": str(data["text"])}
+    if "pooled_emb" in data:
+        out["pooled_emb"] = data["pooled_emb"].astype(np.float32)
+    return out
 
 
 def write_video_latent(path: str, latent_mean, latent_std, fps: float, ori_size, vae_type: str = "") -> None:

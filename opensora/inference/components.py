@@ -22,7 +22,8 @@ from ..runtime import set_seed
 logger = logging.getLogger(__name__)
 
 # seeds of random initialisation per component (fixed, so every process builds the same weights)
-_INIT_SEEDS = {"text_encoder": 1, "vae": 2, "model": 3}
+_INIT_SEEDS = {"text_encoder": 1, "vae": 2, "model": 3,
+               "t5": 4, "clip": 5, "ae": 6, "img_flux": 7, "img_flux_ae": 8}  # Open-Sora 2.0 sections
 
 
 def _digest(cfg: dict) -> str:

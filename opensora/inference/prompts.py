@@ -20,19 +20,29 @@ class PromptError(ConfigError):
 
 def load_prompts(path: str, start_index: int = 0, end_index: int | None = None) -> list[str]:
     """One prompt per line of a .txt file, or the ``text`` column of a .csv; sliced [start:end]."""
+    return [row["text"] for row in load_prompt_rows(path, start_index, end_index)]
+
+
+def load_prompt_rows(path: str, start_index: int = 0, end_index: int | None = None, columns=()) -> list[dict]:
+    """Rows ``{"text": ..., column: value or ""}`` of a .txt (one prompt per line; no other columns) or a
+    .csv (a ``text`` column and, when present, the optional ``columns``), sliced [start:end]."""
     if not os.path.isfile(path):
         raise PromptError(f"prompt file not found: {path}")
     if path.lower().endswith(".csv"):
         import pandas as pd
 
-        table = pd.read_csv(path)
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
         if "text" not in table.columns:
             raise PromptError(f"{path}: a CSV prompt file needs a 'text' column (columns: {list(table.columns)})")
-        prompts = [str(t).strip() for t in table["text"].tolist()]
+        keep = ["text"] + [c for c in columns if c in table.columns]
+        rows = [{c: str(row[c]).strip() for c in keep} for row in table[keep].to_dict("records")]
     else:
         with open(path, "r", encoding="utf-8") as f:
-            prompts = [line.strip() for line in f]  # every line counts, as upstream (and infer_t5.py)
-    return prompts[start_index:end_index]
+            rows = [{"text": line.strip()} for line in f]  # every line counts, as upstream (and infer_t5.py)
+    for row in rows:
+        for column in columns:
+            row.setdefault(column, "")
+    return rows[start_index:end_index]
 
 
 def extract_json_from_prompts(prompts, references, mask_strategies):
