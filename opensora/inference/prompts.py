@@ -10,6 +10,7 @@ import os
 import re
 
 from ..config import ConfigError
+from ..utils.files import read_text
 
 JSON_KEYS = ("reference_path", "mask_strategy")
 
@@ -19,20 +20,39 @@ class PromptError(ConfigError):
 
 
 def load_prompts(path: str, start_index: int = 0, end_index: int | None = None) -> list[str]:
-    """One prompt per line of a .txt file, or the ``text`` column of a .csv; sliced [start:end]."""
+    """One prompt per line of a UTF-8 .txt file, or the ``text`` column of a .csv; sliced [start:end].
+
+    Every line counts (as upstream and infer_t5.py: the line number is the output index), so a blank line
+    inside the slice is an error naming it; blank lines at the very end of the file are dropped."""
     if not os.path.isfile(path):
         raise PromptError(f"prompt file not found: {path}")
     if path.lower().endswith(".csv"):
-        import pandas as pd
+        from ..datasets.dataset import read_csv_table
 
-        table = pd.read_csv(path)
-        if "text" not in table.columns:
-            raise PromptError(f"{path}: a CSV prompt file needs a 'text' column (columns: {list(table.columns)})")
-        prompts = [str(t).strip() for t in table["text"].tolist()]
+        table = read_csv_table(path, need_path=False)
+        prompts = ["" if t != t else str(t).strip() for t in table["text"].tolist()]  # NaN: an empty cell
+        where = "row"
     else:
-        with open(path, "r", encoding="utf-8") as f:
-            prompts = [line.strip() for line in f]  # every line counts, as upstream (and infer_t5.py)
-    return prompts[start_index:end_index]
+        prompts = [line.strip() for line in read_text(path, "prompt file").splitlines()]
+        where = "line"
+    while prompts and not prompts[-1]:
+        prompts.pop()
+    if not prompts:
+        raise PromptError(f"{path}: no prompt in the file (it is empty or blank)")
+    selected = prompts[start_index:end_index]
+    blank = [start_index + i + 1 for i, p in enumerate(selected) if not p]
+    if blank:
+        shown = ", ".join(str(n) for n in blank[:10]) + (" ..." if len(blank) > 10 else "")
+        raise PromptError(f"{path}: {len(blank)} empty prompt(s) ({where} {shown}); every {where} is one prompt "
+                          "(its index names the output): remove the empty ones or write a prompt there")
+    return selected
+
+
+def check_prompt_texts(texts: list[str], start_index: int = 0) -> None:
+    """Each prompt has some text once the JSON suffix is split off (no prompt is an error, as the README says)."""
+    empty = [start_index + i for i, t in enumerate(texts) if not t.strip()]
+    if empty:
+        raise PromptError(f"prompt(s) {empty[:10]} have no text; give every prompt a description")
 
 
 def extract_json_from_prompts(prompts, references, mask_strategies):

@@ -66,8 +66,11 @@ def read_reference(path: str, image_size) -> np.ndarray:
     check_reference_path(path)
     ext = os.path.splitext(path)[1].lower()
     if ext in IMAGE_EXTENSIONS:
-        with Image.open(path) as img:
-            frames = [_resize_crop(img, image_size, Image.BICUBIC)]
+        try:
+            with Image.open(path) as img:
+                frames = [_resize_crop(img, image_size, Image.BICUBIC)]
+        except (OSError, SyntaxError, ValueError) as err:  # PIL's errors for files that are not images
+            raise ReferenceError(f"reference image {path} cannot be read ({type(err).__name__}: {err})") from None
     else:
         frames = [_resize_crop(Image.fromarray(f), image_size, Image.BILINEAR) for f in _video_frames(path)]
         if not frames:
@@ -77,14 +80,10 @@ def read_reference(path: str, image_size) -> np.ndarray:
 
 
 def _video_frames(path: str):
+    from ..datasets.video_io import VideoReadError, read_video
+
     try:
-        from ..datasets.video_io import read_video  # the VAE teammate's reader, when present
-
-        video = read_video(path)
-        frames = video[0] if isinstance(video, tuple) else video
-        return [np.asarray(f) for f in np.asarray(frames)]
-    except ImportError:
-        import imageio
-
-        with imageio.get_reader(path, "ffmpeg") as reader:
-            return [np.asarray(f)[..., :3] for f in reader]
+        frames, _ = read_video(path)
+    except VideoReadError as err:
+        raise ReferenceError(f"reference video {err}") from None
+    return list(frames)
