@@ -140,7 +140,9 @@ def folder_converter_main(argv, doc: str, model: str, convert_fn) -> int:
     parser.add_argument("--target", required=True, help="output .ckpt or .safetensors (e.g. <dir>/model.ckpt)")
     parser.add_argument("--dtype", default=None, choices=DTYPE_CHOICES, help="cast floats (default: keep)")
     parser.add_argument("--config", default=None, help="config.json (default: the one in the source directory)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --target if it exists")
     args = parser.parse_args(argv)
+    check_target(args.src, args.target, args.overwrite)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     convert_fn(args.src, args.target, args.dtype, args.config)
     return 0
