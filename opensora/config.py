@@ -219,7 +219,9 @@ def _help_text(opt: Option) -> str:
     text = opt.help or ""
     if opt.choices is not None:
         text += f" (one of {list(opt.choices)})"
-    return f"{text} [default: {opt.default!r}]".strip()
+    elif any(v is not None for v in (opt.min, opt.max, opt.above)):
+        text += f" (range: {opt.range_text()})"
+    return f"{text} [default: {opt.default!r}]".strip().replace("%", "%%")  # argparse formats help with %
 
 
 def load_yaml(path: str) -> dict:

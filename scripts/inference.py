@@ -36,9 +36,12 @@ def main(argv=None) -> int:
         count = pipeline.write_prompts(cfg.write_prompts)
         print(f"wrote {count} prompt(s) to {cfg.write_prompts}")
         return 0
+    skipped = len(pipeline.request.plan) - len(pipeline.request.todo)
+    if not pipeline.request.todo:
+        print(f"Inference finished: all {skipped} sample(s) already exist in {cfg.save_dir}; nothing to do")
+        return 0
     init_runtime_from(cfg, seed=cfg.seed)
     saved = pipeline.load().run()
-    skipped = len(pipeline.request.plan) - len(pipeline.request.todo)
     print(f"Inference finished: {len(saved)} file(s) written to {cfg.save_dir}"
           + (f", {skipped} finished sample(s) kept" if skipped else ""))
     return 0

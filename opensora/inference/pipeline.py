@@ -4,8 +4,10 @@ Order of work per batch (upstream 1.2): JSON suffix -> references -> per sample 
 cleaning -> per loop: prompt segment, condition on the previous clip, noise, mask strategy,
 sampling, decoding -> join the loops -> save. Differences from upstream, all deliberate:
 - the noise of sample (prompt index i, k, loop) comes from a generator seeded with (seed, i, k, loop),
-  so a resumed run (``prompt_as_path``), another batch size or the three-stage pipeline give the
-  same videos as one uninterrupted run;
+  also the noise the samplers draw inside their loop (one generator per sample), and the VAE's
+  posterior draw when it encodes a reference (seed, i, reference) or the previous loop's clip (each clip
+  alone), so a resumed run (``--skip-existing``), another batch size or the three-stage pipeline give
+  the same videos as one uninterrupted run (upstream draws these from one global generator);
 - no prompt is an error (upstream loops forever), a URL reference is refused;
 - everything that needs no model is checked first (``request.check_request``: sizes, prompts,
   references, outputs and their overwrite policy, memory); NaN/inf from the text encoder, the sampler or
@@ -181,13 +183,17 @@ class InferencePipeline:
         return len(lines)
 
     # ------------------------------------------------------------------ references
-    def encode_references(self, paths: list[str]) -> list:
-        refs = []
-        for path in paths:
-            pixels = read_reference(path, self.image_size)
-            z = self.vae.encode(ms.Tensor(pixels[None]).astype(getattr(ms, self.dtype)))
-            refs.append(z.astype(ms.float32).asnumpy()[0])
-        return refs
+    def encode_frames(self, pixels: np.ndarray, key: list[int]) -> np.ndarray:
+        """VAE-encode one clip (C, T, H, W) -> its latent. The encoder draws from its posterior (as upstream's
+        does); that draw is seeded by ``key`` so that it does not depend on the batch or on what ran before."""
+        ms.set_seed(int(np.random.default_rng(key).integers(2**31 - 1)))
+        z = self.vae.encode(ms.Tensor(pixels[None]).astype(getattr(ms, self.dtype)))
+        return z.astype(ms.float32).asnumpy()[0]
+
+    def encode_references(self, paths: list[str], index: int) -> list:
+        """The latents of prompt ``index``'s references, each drawn with the key (seed, index, reference)."""
+        return [self.encode_frames(read_reference(path, self.image_size), [self.cfg.seed, index, r, 2])
+                for r, path in enumerate(paths)]
 
     # ------------------------------------------------------------------ sampling
     def noise(self, indices: list[int], k: int, loop_i: int) -> np.ndarray:
@@ -265,10 +271,8 @@ class InferencePipeline:
         for loop_i in range(cfg.loop):
             loop_texts = [prompt_for_loop(p, loop_i) for p in processed]
             if loop_i > 0:
-                prev = self.vae.encode(ms.Tensor(clips[-1]).astype(getattr(ms, self.dtype)))
-                prev = prev.astype(ms.float32).asnumpy()
-                for j in range(len(jobs)):
-                    batch_refs[j].append(prev[j])
+                for j, index in enumerate(indices):  # each clip alone: its draw keyed by (seed, index, k, loop)
+                    batch_refs[j].append(self.encode_frames(clips[-1][j], [cfg.seed, index, k, loop_i, 3]))
                     cond = loop_condition(loop_i, len(batch_refs[j]) - 1, cfg.condition_frame_length,
                                           cfg.condition_frame_edit)
                     strategies[j] = f"{strategies[j]};{cond}" if strategies[j] else cond
@@ -316,7 +320,7 @@ class InferencePipeline:
             batch = indices[s:s + cfg.batch_size]
             if not any((i, k) in todo for i in batch for k in range(cfg.num_sample)):
                 continue
-            refs = {i: self.encode_references(split_references(self.request.references[i - cfg.start_index]))
+            refs = {i: self.encode_references(split_references(self.request.references[i - cfg.start_index]), i)
                     for i in batch if split_references(self.request.references[i - cfg.start_index])}
             for k in range(cfg.num_sample):
                 jobs = [todo[(i, k)] for i in batch if (i, k) in todo]

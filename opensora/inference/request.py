@@ -23,7 +23,7 @@ from .output import SampleOutput, apply_existing_policy, plan_outputs
 from .presets import resolve_image_size, resolve_save_fps
 from .prompts import (PromptError, check_prompt_texts, extract_json_from_prompts, load_prompts, process_prompt,
                       prompt_for_loop)
-from .references import check_reference_path, split_references
+from .references import check_reference_path, read_reference, split_references
 
 
 @dataclass
@@ -70,13 +70,17 @@ def per_prompt(values, n: int, name: str) -> list:
     return values
 
 
-def _check_conditioning(cfg, references: list[str], strategies: list[str]) -> bool:
-    """Mask strategies parse, their references exist, and the model and sampler can condition on frames."""
+def _check_conditioning(cfg, references: list[str], strategies: list[str], image_size) -> bool:
+    """Mask strategies parse, their references can be read, and the model and sampler can condition on frames."""
     parsed = [parse_mask_strategy(text) for text in strategies]  # malformed strategies first (upstream's order)
+    readable: set[str] = set()
     for j, (refs, groups) in enumerate(zip(references, parsed)):
         paths = split_references(refs)
         for path in paths:
             check_reference_path(path)
+        for path in set(paths) - readable:  # decoded now (small next to the models): a damaged file fails first
+            read_reference(path, image_size)
+            readable.add(path)
         for group in groups:
             if group.loop_id >= cfg.loop:
                 raise MaskStrategyError(f"prompt {cfg.start_index + j}: mask strategy group {group} is for loop "
@@ -169,7 +173,7 @@ def check_request(cfg, outputs: bool = True) -> InferenceRequest:
     check_prompt_texts(texts, cfg.start_index)
     if any("\n" in t for t in texts):
         raise PromptError("prompts must be single lines")
-    conditioned = _check_conditioning(cfg, references, strategies)
+    conditioned = _check_conditioning(cfg, references, strategies, image_size)
     if cfg.neg_prompt is not None and cfg.text_embed_folder:
         raise ConfigError("--neg-prompt needs the text encoder; it cannot be used with --text_embed_folder")
     if cfg.blockwise and not str(cfg.model.get("type", "")).startswith("STDiT3"):

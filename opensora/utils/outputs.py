@@ -27,7 +27,8 @@ class OutputError(InputError):
 def prepare_output_dir(path: str, option: str, clean_temporaries: bool = True) -> str:
     """Create ``path`` if needed and check that a file can be written in it -> its absolute path.
 
-    ``option`` names it in errors (``--save-dir``). Stale temporaries of an interrupted run are removed."""
+    ``option`` names it in errors (``--save-dir``). Stale temporaries a killed run left in it (or its
+    subfolders) are removed."""
     if not path:
         raise OutputError(f"{option} is required")
     folder = os.path.abspath(path)
@@ -51,7 +52,7 @@ def prepare_output_dir(path: str, option: str, clean_temporaries: bool = True) -
     except OSError as err:
         raise OutputError(f"{option} {path}: cannot write in this folder ({err.strerror or err})") from None
     if clean_temporaries:
-        remove_stale_temporaries(folder)
+        remove_stale_temporaries(folder, recursive=True)  # outputs may sit in subfolders (latents/, a csv's)
     return folder
 
 
