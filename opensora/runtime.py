@@ -16,6 +16,7 @@ import mindspore as ms
 
 from .config import ConfigError, Option
 from .models.layers import forms
+from .utils.cli import reclaim_signal_handlers
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +123,10 @@ def init_runtime(
             ms.set_auto_parallel_context(enable_parallel_optimizer=True)
     if seed is not None:
         set_seed(seed)
+    # MindSpore installs its SIGINT handler when it first runs an operator: run one now, then restore the
+    # scripts' handlers (Ctrl-C -> KeyboardInterrupt, exit 130; see utils/cli.py)
+    (ms.Tensor(np.zeros(1, np.float32)) + 1).asnumpy()
+    reclaim_signal_handlers()
 
     _CURRENT = Runtime(device_target, mode, jit_level, rank_id, device_num,
                        builtin_optimizer_parallel and distributed)

@@ -24,6 +24,7 @@ import functools
 import os
 import signal
 import sys
+import threading
 import traceback
 from typing import Callable
 
@@ -86,9 +87,25 @@ def _raise_interrupted(signum, frame):
     raise Interrupted(signum)
 
 
+_installed = False
+
+
 def install_signal_handlers() -> None:
-    """SIGTERM unwinds the main thread like Ctrl-C does (``finally`` blocks run, temporaries go)."""
+    """SIGTERM unwinds the main thread like Ctrl-C does (``finally`` blocks run, temporaries go); Ctrl-C is
+    Python's ``KeyboardInterrupt``."""
+    global _installed
     signal.signal(signal.SIGTERM, _raise_interrupted)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    _installed = True
+
+
+def reclaim_signal_handlers() -> None:
+    """Put the scripts' handlers back after MindSpore's runtime replaced them: when it first runs an operator
+    it installs its own SIGINT handler (C++), which ends the process by SIGTERM, so Ctrl-C would exit 143
+    "terminated" instead of 130 with ``finally`` blocks run in between. Only where :func:`run_main` installed
+    them, and in the main thread (a library caller, e.g. a web app, keeps its own)."""
+    if _installed and threading.current_thread() is threading.main_thread():
+        install_signal_handlers()
 
 
 def run_main(main: Callable) -> None:
