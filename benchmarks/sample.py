@@ -99,6 +99,7 @@ def run(argv=None) -> dict:
     if cfg.prompt is None and cfg.prompt_path is None:
         cfg.prompt = ["a cat walks along the river."]
     cfg.verbose = 0
+    cfg.overwrite, cfg.skip_existing = True, False  # every timed run writes its videos again
     report = {"benchmark": "sample", "config": {k: v for k, v in cfg.items()}, "host": None}
     with PeakMemory() as mem:
         init_runtime_from(cfg, seed=cfg.seed)

@@ -6,19 +6,27 @@ with the same converter whether it came from YAML or the command line, and repor
 key together with the closest valid one. Both spellings of a flag work (``--num-frames`` and
 ``--num_frames``). Dictionary options (``model``, ``scheduler``, ...) accept dotted overrides
 such as ``--scheduler.num_sampling_steps 10``.
+
+Every numeric option declares its range (``min``/``max`` inclusive, ``above`` exclusive); a value outside
+it, or a float that is NaN or infinite, is an error naming the option and the range. That is the one
+place numeric flags are checked (``tests/test_bad_inputs.py`` checks that no numeric option lacks one).
 """
 from __future__ import annotations
 
 import argparse
 import difflib
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 import yaml
 
+from .errors import InputError
+from .utils.files import read_text
 
-class ConfigError(ValueError):
+
+class ConfigError(InputError):
     """A configuration value or key is wrong; the message says how to fix it."""
 
 
@@ -45,12 +53,37 @@ def optional(converter: Callable[[Any], Any]) -> Callable[[Any], Any]:
         return converter(value)
 
     convert.__name__ = f"optional_{getattr(converter, '__name__', 'value')}"
+    convert.inner = converter
     return convert
+
+
+def numeric(converter: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """Mark a custom converter as numeric (its Option must then declare a range)."""
+    converter.numeric = True
+    return converter
+
+
+def is_numeric(converter: Callable[[Any], Any]) -> bool:
+    converter = getattr(converter, "inner", converter)
+    return converter in (int, float) or getattr(converter, "numeric", False)
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    mark = getattr(err, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    context = getattr(err, "context", None)
+    return f"{where}{problem}" + (f" ({context})" if context else "")
 
 
 def yaml_value(value: Any) -> Any:
     """Command-line text for a dictionary or free-form option is read as YAML (``{a: 1}``, ``[1, 2]``)."""
-    return yaml.safe_load(value) if isinstance(value, str) else value
+    if not isinstance(value, str):
+        return value
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{value!r} is not valid YAML ({_yaml_problem(err)})") from None
 
 
 @dataclass
@@ -65,6 +98,9 @@ class Option:
     nargs: str | None = None  # "+" / "*": a list of values
     is_dict: bool = False  # a mapping; contents are checked by whoever consumes it
     aliases: Sequence[str] = field(default_factory=tuple)
+    min: float | None = None  # inclusive bounds of a numeric value (each element of a list)
+    max: float | None = None
+    above: float | None = None  # exclusive lower bound (a learning rate: above=0)
 
     def convert(self, value: Any, source: str) -> Any:
         try:
@@ -78,9 +114,11 @@ class Option:
                 converted = [self.type(v) for v in items]
                 for v in converted:
                     self._check_choice(v)
+                    self._check_range(v)
                 return converted
             converted = self.type(value)
             self._check_choice(converted)
+            self._check_range(converted)
             return converted
         except ConfigError as err:
             raise ConfigError(f"{self.name} ({source}): {err}") from None
@@ -90,6 +128,23 @@ class Option:
     def _check_choice(self, value: Any) -> None:
         if self.choices is not None and value is not None and value not in self.choices:
             raise ConfigError(f"{value!r} is not allowed; choose one of {list(self.choices)}")
+
+    def range_text(self) -> str:
+        def show(v):
+            return str(int(v)) if float(v).is_integer() else f"{v:g}"
+
+        low = f"> {show(self.above)}" if self.above is not None else f">= {show(self.min)}" if self.min is not None else ""
+        high = f"<= {show(self.max)}" if self.max is not None else ""
+        return " and ".join(part for part in (low, high) if part) or "finite"
+
+    def _check_range(self, value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return
+        bad = isinstance(value, float) and not math.isfinite(value)
+        bad = bad or (self.min is not None and value < self.min) or (self.max is not None and value > self.max)
+        bad = bad or (self.above is not None and value <= self.above)
+        if bad:
+            raise ConfigError(f"{value!r} is out of range; it must be {self.range_text()}")
 
 
 class Config(dict):
@@ -152,7 +207,7 @@ def _argparser(schema: Schema) -> argparse.ArgumentParser:
         for alias in opt.aliases:
             spellings |= {f"--{alias}", f"--{alias.replace('_', '-')}"}
         kwargs: dict[str, Any] = {"dest": opt.name, "default": _MISSING, "help": _help_text(opt)}
-        if opt.type is str2bool:
+        if getattr(opt.type, "inner", opt.type) is str2bool:
             kwargs.update(nargs="?", const="true")  # `--flag` or `--flag True`
         elif opt.nargs:
             kwargs.update(nargs=opt.nargs)
@@ -164,14 +219,19 @@ def _help_text(opt: Option) -> str:
     text = opt.help or ""
     if opt.choices is not None:
         text += f" (one of {list(opt.choices)})"
-    return f"{text} [default: {opt.default!r}]".strip()
+    elif any(v is not None for v in (opt.min, opt.max, opt.above)):
+        text += f" (range: {opt.range_text()})"
+    return f"{text} [default: {opt.default!r}]".strip().replace("%", "%%")  # argparse formats help with %
 
 
 def load_yaml(path: str) -> dict:
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}")
-    with open(path, "r", encoding="utf-8") as f:
-        data = yaml.safe_load(f) or {}
+    text = read_text(path, "config file")
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path}: invalid YAML at {_yaml_problem(err)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
     return data
@@ -195,7 +255,10 @@ def parse_config(schema: Schema, argv: Sequence[str] | None = None, config_path:
             values[name] = schema.options[name].convert(value, "command line")
     for (name, subkey), value in dotted:
         current = dict(values.get(name) or {})
-        current[subkey] = yaml_value(value)
+        try:
+            current[subkey] = yaml_value(value)
+        except ConfigError as err:
+            raise ConfigError(f"--{name}.{subkey}: {err}") from None
         values[name] = current
     cfg = Config(values)
     cfg["config"] = path

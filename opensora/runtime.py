@@ -14,14 +14,16 @@ import numpy as np
 
 import mindspore as ms
 
-from .config import Option
+from .config import ConfigError, Option
 from .models.layers import forms
+from .utils.cli import reclaim_signal_handlers
 
 logger = logging.getLogger(__name__)
 
 DEVICE_TARGETS = ("CPU", "GPU", "Ascend")
 MODES = ("graph", "pynative")
 JIT_LEVELS = ("O0", "O1", "O2")
+SEED_RANGE = {"min": 0, "max": 2**32 - 1}  # NumPy's legacy seed (np.random.seed) takes 32 bits
 
 
 @dataclass(frozen=True)
@@ -76,14 +78,20 @@ def init_runtime(
     """
     global _CURRENT
     if device_target not in DEVICE_TARGETS:
-        raise ValueError(f"device_target must be one of {DEVICE_TARGETS}, got {device_target!r}")
+        raise ConfigError(f"device_target must be one of {DEVICE_TARGETS}, got {device_target!r}")
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        raise ConfigError(f"mode must be one of {MODES}, got {mode!r}")
     if jit_level not in JIT_LEVELS:
-        raise ValueError(f"jit_level must be one of {JIT_LEVELS}, got {jit_level!r}")
+        raise ConfigError(f"jit_level must be one of {JIT_LEVELS}, got {jit_level!r}")
+    if seed is not None and not SEED_RANGE["min"] <= seed <= SEED_RANGE["max"]:
+        raise ConfigError(f"seed must be in [0, 2**32 - 1], got {seed}")
 
     ms_mode = ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE
-    ms.set_context(mode=ms_mode, device_target=device_target)
+    try:
+        ms.set_context(mode=ms_mode, device_target=device_target)
+    except RuntimeError as err:  # MindSpore's message is followed by its C++ stack: keep the first line
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"device_target {device_target}: not usable here ({reason})") from None
     forms.set_backend(device_target)  # the layers' formulations follow the device (models built from now on)
     ms.set_context(jit_config={"jit_level": jit_level})
     if debug:
@@ -95,11 +103,16 @@ def init_runtime(
     if distributed:
         from mindspore.communication import get_group_size, get_rank, init
 
-        init()
+        try:
+            init()
+        except RuntimeError as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ConfigError(f"use_parallel: cannot join the process group ({reason}); start the script with "
+                              "msrun (run_scripts/msrun_train.sh), or drop --use_parallel") from None
         rank_id, device_num = get_rank(), get_group_size()
         ms.reset_auto_parallel_context()
         if parallel_mode != "data":
-            raise ValueError(f"parallel_mode {parallel_mode!r} is not supported; use 'data'")
+            raise ConfigError(f"parallel_mode {parallel_mode!r} is not supported; use 'data'")
         ms.set_auto_parallel_context(
             parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True, device_num=device_num
         )
@@ -110,6 +123,10 @@ def init_runtime(
             ms.set_auto_parallel_context(enable_parallel_optimizer=True)
     if seed is not None:
         set_seed(seed)
+    # MindSpore installs its SIGINT handler when it first runs an operator: run one now, then restore the
+    # scripts' handlers (Ctrl-C -> KeyboardInterrupt, exit 130; see utils/cli.py)
+    (ms.Tensor(np.zeros(1, np.float32)) + 1).asnumpy()
+    reclaim_signal_handlers()
 
     _CURRENT = Runtime(device_target, mode, jit_level, rank_id, device_num,
                        builtin_optimizer_parallel and distributed)

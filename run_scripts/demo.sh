@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 export GLOG_v=3
 start=$(date +%s)
 python scripts/inference.py --config configs/tiny/inference/sample_t2v.yaml \
-    --prompt "a cat walks along the river." --save-dir samples/demo --verbose 1 "$@"
+    --prompt "a cat walks along the river." --save-dir samples/demo --overwrite true --verbose 1 "$@"
 video=samples/demo/sample_0000.mp4
 test -s "$video" || { echo "demo failed: $video was not written" >&2; exit 1; }
 echo "Demo video: $(pwd)/$video  ($(( $(date +%s) - start )) s)"

@@ -28,12 +28,15 @@ def main(argv=None) -> int:
     except ModuleNotFoundError as err:
         print(f"error: benchmarks/{kind}.py is not available ({err})", file=sys.stderr)
         return 1
-    from opensora.utils.cli import report_user_errors
+    from opensora.utils.cli import script_main
 
-    result = report_user_errors(module.run)(rest)
+    result = script_main(module.run)(rest)
     # a run returns its report (a dict) or an exit code; sys.exit(dict) would print it again and exit 1
     return result if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":
+    from opensora.utils.cli import install_signal_handlers
+
+    install_signal_handlers()
     sys.exit(main())

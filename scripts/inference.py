@@ -12,7 +12,9 @@
         --prompt "A plump pig wallows in a muddy pond" --ref assets/texts/i2v.png
 
 See opensora/inference/options.py (1.x) and opensora/inference/v2/options.py (2.0) for every option
-(dash and underscore spellings both work).
+(dash and underscore spellings both work). Existing output files are an error unless --overwrite true
+(replace) or --skip-existing true (keep, make the missing ones; the default with --prompt-as-path). Exit
+status: 0 done, 1 failed, 2 bad input, 130/143 interrupted (README, "What happens when").
 """
 from __future__ import annotations
 
@@ -23,12 +25,12 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("GLOG_v", "3")
 
-from opensora.utils.cli import USER_ERRORS, report_user_errors, run_main  # noqa: E402
+from opensora.utils.cli import run_main, script_main  # noqa: E402
 from opensora.inference.options import inference_schema  # noqa: E402
 from opensora.inference.v2.options import is_v2_config  # noqa: E402
 
 
-@report_user_errors(errors=(*USER_ERRORS, KeyError))
+@script_main
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     argv = config_first(sys.argv[1:] if argv is None else list(argv))
@@ -38,13 +40,19 @@ def main(argv=None) -> int:
     from opensora.inference.pipeline import InferencePipeline
     from opensora.runtime import init_runtime_from
 
+    pipeline = InferencePipeline(cfg)  # every check that needs no model, output folder included
     if cfg.write_prompts:
-        count = InferencePipeline(cfg).write_prompts(cfg.write_prompts)
+        count = pipeline.write_prompts(cfg.write_prompts)
         print(f"wrote {count} prompt(s) to {cfg.write_prompts}")
         return 0
+    skipped = len(pipeline.request.plan) - len(pipeline.request.todo)
+    if not pipeline.request.todo:
+        print(f"Inference finished: all {skipped} sample(s) already exist in {cfg.save_dir}; nothing to do")
+        return 0
     init_runtime_from(cfg, seed=cfg.seed)
-    saved = InferencePipeline(cfg).load().run()
-    print(f"Inference finished: {len(saved)} sample(s) in {cfg.save_dir}")
+    saved = pipeline.load().run()
+    print(f"Inference finished: {len(saved)} file(s) written to {cfg.save_dir}"
+          + (f", {skipped} finished sample(s) kept" if skipped else ""))
     return 0
 
 

@@ -5,7 +5,8 @@
     msrun --worker_num=8 --local_worker_num=8 scripts/train.py --config ... --use_parallel True
 
 ``--video_embed_folder`` replaces ``--video_folder`` to train on cached VAE latents; ``--resume``
-continues from the latest checkpoint in ``--outputs`` (or a given one). See ``--help`` for all keys.
+continues from the latest checkpoint in ``--outputs`` (or a given one). An ``--outputs`` folder that holds
+another run (checkpoints or a train log) is refused without ``--resume``. See ``--help`` for all keys.
 
 Parallel training (``--use_parallel True`` under msrun): data parallel, every rank reading its own
 shard of the data and gradients averaged with AllReduce; ``zero_stage: 1`` also shards the AdamW
@@ -24,10 +25,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from opensora.config import ConfigError  # noqa: E402
 from opensora.runtime import default_env, init_runtime_from  # noqa: E402
 from opensora.training.options import train_schema  # noqa: E402
-from opensora.utils.cli import run_main  # noqa: E402
+from opensora.utils.cli import run_main, script_main  # noqa: E402
 
 
 def _bare_resume(argv):
@@ -39,21 +39,24 @@ def _bare_resume(argv):
     return argv
 
 
-def main(argv=None) -> list[float]:
+@script_main
+def main(argv=None) -> int:
     default_env()
     cfg = train_schema().parse(_bare_resume(argv))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from opensora.training.setup import build_trainer, check_config
+    from opensora.training.setup import build_trainer, check_config, check_outputs
 
     check_config(cfg)  # before any compile or data reading
+    check_outputs(cfg)  # a writable folder that holds no other run (unless --resume continues it)
     runtime = init_runtime_from(cfg, seed=cfg.seed, max_device_memory=cfg.max_device_memory,
                                 distributed=cfg.use_parallel,
                                 builtin_optimizer_parallel=cfg.zero_stage == 1 and cfg.zero_impl == "builtin")
     trainer = build_trainer(cfg, runtime)
     if cfg.resume:
         trainer.resume(cfg.resume)
-    return trainer.fit()
+    trainer.fit()
+    return 0
 
 
 if __name__ == "__main__":
-    run_main(main, errors=(ConfigError,), exit_code=2)
+    run_main(main)

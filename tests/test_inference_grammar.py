@@ -6,6 +6,8 @@ inference_utils.py arithmetic), written out here as literal frame indices.
 import numpy as np
 import pytest
 
+from opensora.config import ConfigError
+
 from opensora.inference.mask_strategy import (MaskGroup, MaskStrategyError, apply_mask_strategy,
                                               find_nearest_point, parse_mask_strategy)
 from opensora.inference.output import save_path_name
@@ -120,6 +122,8 @@ def test_prompt_files_txt_and_csv(tmp_path):
     assert load_prompts(str(tmp_path / "p.txt"), 1, 3) == ["b", "c"]
     (tmp_path / "p.csv").write_text("path,text\nx.mp4,a cat\ny.mp4,a dog\n")
     assert load_prompts(str(tmp_path / "p.csv")) == ["a cat", "a dog"]
-    (tmp_path / "q.csv").write_text("path,caption\nx.mp4,a cat\n")
-    with pytest.raises(PromptError, match="'text' column"):
-        load_prompts(str(tmp_path / "q.csv"))
+    (tmp_path / "q.csv").write_text("path,caption\nx.mp4,a cat\n")  # the training csv's other spelling
+    assert load_prompts(str(tmp_path / "q.csv")) == ["a cat"]
+    (tmp_path / "r.csv").write_text("path,description\nx.mp4,a cat\n")
+    with pytest.raises(ConfigError, match="'text'"):
+        load_prompts(str(tmp_path / "r.csv"))

@@ -72,7 +72,7 @@ def test_bad_checkpoint_refused_with_list(tiny_state, tmp_path, problem):
     for name in expected:
         assert name in str(err.value)
     assert not os.path.exists(target)
-    assert main(["--src", src, "--target", target, "--kwargs", *TINY_ARGS]) == 1
+    assert main(["--src", src, "--target", target, "--kwargs", *TINY_ARGS]) == 2  # bad input (CheckpointError is an InputError)
     assert not os.path.exists(target)
 
 

@@ -78,7 +78,7 @@ def test_bad_checkpoint_refused_with_list(tiny_src, problem):
     assert not os.path.exists(target)
     # the command line says so too and exits non-zero
     assert main(["--src", src, "--target", target, "--kwargs", "depth=2", "hidden_size=64", "num_heads=4",
-                 "caption_channels=16", "model_max_length=8"]) == 1
+                 "caption_channels=16", "model_max_length=8"]) == 2
     assert not os.path.exists(target)
 
 

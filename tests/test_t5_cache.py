@@ -1,15 +1,18 @@
 """scripts/infer_t5.py: the npz text-embedding cache (round trip, skipping, interrupted runs, inputs)."""
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from opensora.datasets.embedding_cache import read_text_embedding
 from opensora.models.text_encoder import text_preprocessing
-from scripts.infer_t5 import main
+from opensora.errors import RunError
+from scripts.infer_t5 import SCHEMA, main, run
 from tests.fixtures.tiny_t5 import convert_tiny_t5_dir, make_tiny_t5_dir, torch_reference
 
-PROMPTS = ["A cat flies over <b>the river</b>.", "", "the dog runs beside an empty road"]
+PROMPTS = ["A cat flies over <b>the river</b>.", "a", "the dog runs beside an empty road"]
 L = 16
 
 
@@ -73,15 +76,18 @@ def test_interrupted_run_leaves_no_partial_file_and_rerun_completes(t5_dir, tmp_
         real_savez(path, **arrays)
 
     monkeypatch.setattr(np, "savez", savez_failing_on_second_file)
-    with pytest.raises(OSError, match="injected"):
-        _run(t5_dir, out, "--prompt", *PROMPTS)
+    with pytest.raises(RunError, match="injected"):  # a failed write names the file (cli: one line, exit 1)
+        run(SCHEMA.parse(["--t5_model_dir", t5_dir, "--output_dir", str(out), "--model_max_length", str(L),
+                          "--mode", "pynative", "--prompt", *PROMPTS]))
     monkeypatch.setattr(np, "savez", real_savez)
     assert sorted(os.listdir(out)) == ["0000.npz"]  # the finished file only; no partial or temporary file
     read_text_embedding(str(out / "0000.npz"))
     first = os.stat(out / "0000.npz").st_mtime_ns
 
-    # what a SIGKILL during np.savez leaves: the hidden temporary file of atomic_savez
-    (out / f".0001.npz.tmp{os.getpid() + 1}.npz").write_bytes(b"PK\x03\x04 half")
+    # what a SIGKILL during np.savez leaves: the hidden temporary file of atomic_savez, of a process that is gone
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    (out / f".0001.npz.tmp{gone.pid}.npz").write_bytes(b"PK\x03\x04 half")
     assert _run(t5_dir, out, "--prompt", *PROMPTS) == 0
     assert sorted(os.listdir(out)) == ["0000.npz", "0001.npz", "0002.npz"]
     assert os.stat(out / "0000.npz").st_mtime_ns == first
@@ -105,14 +111,16 @@ def test_csv_one_file_per_video_named_by_path(t5_dir, tmp_path):
 
 def test_bad_arguments(t5_dir, tmp_path, capsys):
     out = str(tmp_path / "out")
-    assert _run(t5_dir, out, "--prompt", "a", "--csv_path", "x.csv") == 1
+    assert _run(t5_dir, out, "--prompt", "a", "--csv_path", "x.csv") == 2
     assert "exactly one input" in capsys.readouterr().err
-    assert main(["--t5_model_dir", t5_dir, "--prompt", "a"]) == 1
+    assert main(["--t5_model_dir", t5_dir, "--prompt", "a"]) == 2
     assert "--output_dir" in capsys.readouterr().err
     bad_csv = tmp_path / "bad.csv"
-    bad_csv.write_text("file,description\na.mp4,x\n")
-    assert _run(t5_dir, out, "--csv_path", str(bad_csv)) == 1
+    bad_csv.write_text("path,description\na.mp4,x\n")
+    assert _run(t5_dir, out, "--csv_path", str(bad_csv)) == 2
     assert "'text'" in capsys.readouterr().err
-    assert _run(str(tmp_path / "missing"), out, "--prompt", "a") == 1
+    assert _run(str(tmp_path / "missing"), out, "--prompt", "a") == 2
     assert "not found" in capsys.readouterr().err
+    assert _run(t5_dir, out, "--prompt", "a", "  ") == 2  # an empty prompt (the README: no prompt is an error)
+    assert "prompt(s) [1] are empty" in capsys.readouterr().err
     assert not os.path.exists(out) or not os.listdir(out)

@@ -96,7 +96,7 @@ def test_refuses_untied_embeddings(model_dir, state):
 def test_command_line(model_dir, state, capsys):
     write_weights(model_dir, {k: v for k, v in state.items() if "final_layer_norm" not in k}, "safetensors")
     target = os.path.join(model_dir, "model.ckpt")
-    assert main(["--src", model_dir, "--target", target]) == 1
+    assert main(["--src", model_dir, "--target", target]) == 2
     assert "encoder.final_layer_norm.weight" in capsys.readouterr().err and not os.path.exists(target)
     write_weights(model_dir, state, "safetensors")
     assert main(["--src", os.path.join(model_dir, "model.safetensors"), "--target", target, "--dtype", "fp16"]) == 0

@@ -36,11 +36,13 @@ def test_killed_while_writing_leaves_previous_checkpoint_usable(tmp_path):
     proc = subprocess.run([sys.executable, "-c", KILLED_SAVE.format(root=ROOT, out=out)], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 9, proc.stderr[-2000:]
+    leftover = os.path.join(out, "checkpoints", ".step_00000002.tmp")
+    assert os.path.isdir(leftover)  # the half-written one exists...
     mgr = CheckpointManager(out, keep_last=2)
+    assert not os.path.exists(leftover)  # ...is removed when the next run opens the folder...
     latest = mgr.latest()
     assert latest is not None and latest.endswith("step_00000001") and is_complete(latest)
-    assert os.path.isdir(os.path.join(mgr.root, ".step_00000002.tmp"))  # the half-written one exists...
-    assert [os.path.basename(p) for p in mgr.list()] == ["step_00000001"]  # ...but is never offered
+    assert [os.path.basename(p) for p in mgr.list()] == ["step_00000001"]  # ...and was never offered
     state = mgr.read(latest, world=1, shard_state=False)
     np.testing.assert_array_equal(state["model"]["w"].asnumpy(), np.full((3,), 1.0, np.float32))
     np.testing.assert_array_equal(state["ema"]["w"].asnumpy(), np.full((3,), 1.5, np.float32))

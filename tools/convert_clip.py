@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from opensora.models.text_encoder.clip import CLIPTextConfig, CLIPTextModel  # noqa: E402
 from opensora.models.text_encoder.clip_weights import official_to_ms  # noqa: E402
 from opensora.utils.checkpoint import model_shapes  # noqa: E402
-from opensora.utils.cli import report_user_errors, run_main  # noqa: E402
+from opensora.utils.cli import run_main, script_main  # noqa: E402
 from tools.torch_weights import (check_sources, convert, find_config_json, folder_converter_main,  # noqa: E402
                                  weight_files)
 
@@ -51,7 +51,7 @@ def convert_clip(sources: list[str], target: str, dtype: str | None = None, conf
     return report
 
 
-@report_user_errors
+@script_main
 def main(argv=None) -> int:
     return folder_converter_main(argv, __doc__, "CLIP", convert_clip)
 

@@ -21,10 +21,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tools.torch_weights import CheckpointError, convert, read_weight_file, weight_files  # noqa: E402
+from tools.torch_weights import CheckpointError, check_target, convert, read_weight_file, weight_files  # noqa: E402
 
 from opensora.config import yaml_value  # noqa: E402
-from opensora.utils.cli import report_user_errors, run_main  # noqa: E402
+from opensora.utils.cli import run_main, script_main  # noqa: E402
 from opensora.models.stdit.common import folder_config_values  # noqa: E402
 from opensora.models.stdit.convert import (MODEL_NAMES, OFFICIAL_KWARGS, config_class, guess_model,  # noqa: E402
                                            pixart_shapes, rename)
@@ -95,7 +95,7 @@ def convert_file(src: str, target: str, model: str | None = None, dtype: str | N
     return model
 
 
-@report_user_errors
+@script_main
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--src", required=True, help=".pth/.pt/.bin/.safetensors file, or a directory of them")
@@ -104,7 +104,9 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", default=None, help="cast to fp32/fp16/bf16 (default: keep)")
     parser.add_argument("--kwargs", nargs="*", default=[], metavar="KEY=VALUE",
                         help="model constructor arguments overriding the official ones")
+    parser.add_argument("--overwrite", action="store_true", help="replace --target if it exists")
     args = parser.parse_args(argv)
+    check_target(args.src, args.target, args.overwrite)
     model = convert_file(args.src, args.target, args.model, args.dtype, parse_kwargs(args.kwargs))
     print(f"converted {args.src} as {model} -> {args.target}")
     return 0

@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from opensora.models.text_encoder.t5 import T5Config, t5_encoder_param_shapes  # noqa: E402
 from opensora.models.text_encoder.t5_weights import EMBED_ALIAS, EMBED_NAME, official_to_ms  # noqa: E402
 from opensora.utils.checkpoint import CheckpointError, compare_shapes  # noqa: E402
-from opensora.utils.cli import report_user_errors, run_main  # noqa: E402
+from opensora.utils.cli import run_main, script_main  # noqa: E402
 from tools.torch_weights import (check_sources, convert, find_config_json, folder_converter_main,  # noqa: E402
                                  weight_file_shapes, weight_files)
 
@@ -88,7 +88,7 @@ def convert_t5(sources: list[str], target: str, dtype: str | None = None, config
     return report
 
 
-@report_user_errors
+@script_main
 def main(argv=None) -> int:
     return folder_converter_main(argv, __doc__, "T5", convert_t5)
 

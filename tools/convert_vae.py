@@ -40,11 +40,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tools.torch_weights import convert, weight_file_shapes, weight_files  # noqa: E402
+from tools.torch_weights import check_target, convert, weight_file_shapes, weight_files  # noqa: E402
 
 from opensora.dtypes import DTYPE_CHOICES  # noqa: E402
 from opensora.utils.checkpoint import CheckpointError, model_shapes  # noqa: E402
-from opensora.utils.cli import report_user_errors, run_main  # noqa: E402
+from opensora.utils.cli import run_main, script_main  # noqa: E402
 
 LDM_PREFIX = "first_stage_model."
 _OLD_ATTN = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
@@ -179,7 +179,7 @@ def convert_vae(source: str, target: str, kind: str = "auto", config: str | None
     return kind, ldm, report
 
 
-@report_user_errors
+@script_main
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", "--src", required=True, help="weight file or Hugging Face-style directory")
@@ -192,7 +192,9 @@ def main(argv=None):
                         help="1.2: SDXL VAE config.json or dir (default: the bundled SDXL VAE config)")
     parser.add_argument("--dtype", default=None, choices=DTYPE_CHOICES,
                         help="cast floating weights (default: keep the source dtype)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --target if it exists")
     args = parser.parse_args(argv)
+    check_target(args.source, args.target, args.overwrite)
     kind, ldm, _ = convert_vae(args.source, args.target, args.type, args.config, args.vae_2d_config, args.dtype)
     print(f"converted {args.source} ({kind}{', LDM naming' if ldm else ''}) -> {args.target}")
     return 0

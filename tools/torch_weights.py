@@ -17,7 +17,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import mindspore as ms  # noqa: E402  (imported before safetensors so that bf16 files can be read)
 
 from opensora.dtypes import DTYPE_CHOICES, canonical, to_ms_dtype  # noqa: E402
-from opensora.utils.checkpoint import CheckpointError, KeyReport, atomic_path, compare_shapes  # noqa: E402
+from opensora.utils.checkpoint import CheckpointError, KeyReport, compare_shapes  # noqa: E402
+from opensora.utils.files import atomic_write  # noqa: E402
 
 WRAPPER_KEYS = ("ema", "state_dict", "model", "module")
 
@@ -49,13 +50,51 @@ def read_weight_file(path: str) -> dict[str, np.ndarray]:
     if path.endswith(".safetensors"):
         params = ms.load_checkpoint(path, format="safetensors")
         return {k: _ms_to_numpy(v) for k, v in params.items()}
+    obj = torch_load(path)
+    return {k: _torch_to_numpy(v) for k, v in unwrap_state_dict(obj).items() if hasattr(v, "detach")}
+
+
+def torch_load(path: str):
+    """``torch.load(path, weights_only=True)``, memory-mapped when possible. A file that is not a plain
+    tensor pickle (it would run code to load) or not a PyTorch file at all is a :class:`CheckpointError`."""
+    import pickle
+
     import torch
 
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # old (non-zip) pickles cannot be memory-mapped
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    return {k: _torch_to_numpy(v) for k, v in unwrap_state_dict(obj).items() if hasattr(v, "detach")}
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # old (non-zip) pickles cannot be memory-mapped
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "Weights only load failed" not in str(err):  # not a pickle at all
+            raise CheckpointError(f"{path}: cannot be read as a PyTorch weight file ({err})") from None
+        reason = next((line.strip() for line in str(err).splitlines()
+                       if line.strip().startswith(("WeightsUnpickler error", "Unsupported"))), "")
+        reason = reason.split(". Please")[0].split(" Please")[0].rstrip(".")  # not torch's how-to-allow hint
+        raise CheckpointError(
+            f"{path}: refused: this pickle holds more than tensors and would run code to load"
+            f"{f' ({reason})' if reason else ''}. Only plain weights are read here. Re-save the state dict "
+            "(torch.save(model.state_dict(), ...)) or a .safetensors file from a source you trust") from None
+    except Exception as err:  # torch raises many types for files that are not PyTorch checkpoints
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise CheckpointError(f"{path}: cannot be read as a PyTorch weight file ({type(err).__name__}"
+                              f"{': ' + first if first else ''})") from None
+
+
+def check_target(sources, target: str, overwrite: bool) -> None:
+    """Before any weight is read: the target's folder is writable, it is none of the sources, and an
+    existing target is replaced only with ``--overwrite``."""
+    from opensora.utils.outputs import OutputError, prepare_output_dir
+
+    sources = [sources] if isinstance(sources, str) else list(sources)
+    if any(os.path.abspath(s) == os.path.abspath(target) for s in sources):
+        raise OutputError(f"--target {target} is also the source; write the converted weights to another file")
+    if os.path.isdir(target):
+        raise OutputError(f"--target {target} is a folder; give a file name (e.g. {target}/model.ckpt)")
+    if os.path.exists(target) and not overwrite:
+        raise OutputError(f"--target {target} already exists; give --overwrite to replace it")
+    prepare_output_dir(os.path.dirname(os.path.abspath(target)), "--target's folder")
 
 
 def _ms_to_numpy(value) -> np.ndarray:
@@ -101,7 +140,9 @@ def folder_converter_main(argv, doc: str, model: str, convert_fn) -> int:
     parser.add_argument("--target", required=True, help="output .ckpt or .safetensors (e.g. <dir>/model.ckpt)")
     parser.add_argument("--dtype", default=None, choices=DTYPE_CHOICES, help="cast floats (default: keep)")
     parser.add_argument("--config", default=None, help="config.json (default: the one in the source directory)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --target if it exists")
     args = parser.parse_args(argv)
+    check_target(args.src, args.target, args.overwrite)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     convert_fn(args.src, args.target, args.dtype, args.config)
     return 0
@@ -133,12 +174,7 @@ def iter_weight_file(path: str) -> Iterator[tuple[str, np.ndarray]]:
             for name in f.keys():
                 yield name, f.get_tensor(name)
         return
-    import torch
-
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # old (non-zip) pickles cannot be memory-mapped
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+    obj = torch_load(path)
     for name, value in unwrap_state_dict(obj).items():
         if hasattr(value, "detach"):
             yield name, _torch_to_numpy(value)
@@ -154,12 +190,7 @@ def weight_file_shapes(path: str) -> dict[str, tuple]:
             (size,) = struct.unpack("<Q", f.read(8))
             header = json.loads(f.read(size))
         return {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"}
-    import torch
-
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+    obj = torch_load(path)
     return {k: tuple(v.shape) for k, v in unwrap_state_dict(obj).items() if hasattr(v, "shape")}
 
 
@@ -279,9 +310,7 @@ def convert(
     ms_dtype = to_ms_dtype(dtype) if dtype else None
     shapes: dict[str, tuple] = {}
     duplicates: list[str] = []
-    os.makedirs(os.path.dirname(os.path.abspath(target)) or ".", exist_ok=True)
-    tmp = atomic_path(target)
-    try:
+    with atomic_write(target) as tmp:  # renamed onto target only when every key matched
         with open(tmp, "wb") as f:
             writer = (SafetensorsWriter if target.endswith(".safetensors") else CkptWriter)(f, expected_shapes)
             for path in sources:
@@ -304,8 +333,4 @@ def convert(
                 if duplicates else ""
             raise CheckpointError(
                 f"the weights do not match the MindSpore model; nothing was written:\n{report.format()}{extra}")
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return report

@@ -20,6 +20,7 @@ from collections import Counter
 import numpy as np
 
 from ..config import ConfigError
+from ..errors import InputError, RunError
 from .embedding_cache import cache_file_for, read_text_embedding, read_video_latent, sample_latent
 from .video_io import is_image
 
@@ -35,25 +36,28 @@ class SampleError(RuntimeError):
     """One sample cannot be used; the dataset replaces it."""
 
 
-def read_csv_table(csv_path: str, need_size_columns: bool = False):
-    """Read the csv and normalise the column names; a csv without what is needed is an error now."""
+def read_csv_table(csv_path: str, need_size_columns: bool = False, need_path: bool = True, need_text: bool = True,
+                   as_text: bool = False):
+    """Read the csv and normalise the column names (``path``, ``text``); a csv without what is needed is an
+    error now, naming the file. ``as_text``: every cell as a string, an empty cell as "" (prompt files: a
+    name column of "001" stays "001")."""
     import pandas as pd
 
     if not csv_path or not os.path.isfile(csv_path):
-        raise ConfigError(f"csv_path: file not found: {csv_path!r}")
+        raise ConfigError(f"csv file not found: {csv_path!r}")
     try:
-        table = pd.read_csv(csv_path)
-    except Exception as err:
-        raise ConfigError(f"{csv_path}: cannot read the csv ({err})") from None
+        table = pd.read_csv(csv_path, dtype=str, keep_default_na=False) if as_text else pd.read_csv(csv_path)
+    except Exception as err:  # the boundary: pandas raises parser, decoding and I/O errors of many types
+        raise ConfigError(f"{csv_path}: cannot read the csv ({type(err).__name__}: {err})") from None
     path_col = next((c for c in PATH_COLUMNS if c in table.columns), None)
-    if path_col is None:
+    if path_col is None and need_path:
         raise ConfigError(f"{csv_path}: needs a column 'path' (or 'video') with the video paths; "
                           f"found columns {list(table.columns)}")
     text_col = next((c for c in TEXT_COLUMNS if c in table.columns), None)
-    if text_col is None:
+    if text_col is None and need_text:
         raise ConfigError(f"{csv_path}: needs a column 'text' (or 'caption') with the captions; "
                           f"found columns {list(table.columns)}")
-    table = table.rename(columns={path_col: "path", text_col: "text"})
+    table = table.rename(columns={c: n for c, n in ((path_col, "path"), (text_col, "text")) if c is not None})
     if need_size_columns:
         missing = [c for c in ("num_frames", "height", "width") if c not in table.columns]
         if missing:
@@ -123,7 +127,10 @@ class VideoTextDataset:
         else:
             frames, fps = read_clip(path, lambda total: temporal_random_crop(total, num_frames, self.frame_interval, rng))
             fps = fps / self.frame_interval
-        return transform_clip(frames, self.transform_name, (height, width)), fps
+        try:
+            return transform_clip(frames, self.transform_name, (height, width)), fps
+        except ValueError as err:  # the transform's size checks: this clip cannot give the size asked for
+            raise SampleError(f"{path}: {err}") from None
 
     def _latent(self, index: int, latent_frames: int | None, rng):
         path = cache_file_for(self.video_embed_folder, self.paths[index])
@@ -155,14 +162,14 @@ class VideoTextDataset:
         for _ in range(MAX_REPLACEMENTS):
             try:
                 return self.load(index, *thw, rng, latent_frames=latent_frames)
-            except Exception as err:  # any reader error: decord, imageio, npz, shapes
+            except (InputError, SampleError, OSError) as err:  # the readers' errors (a bug keeps its traceback)
                 reason = f"{type(err).__name__}: {err}"
                 with self._lock:
                     self.failures[self.paths[index]] += 1
                 logger.warning("skipping sample %d (%s): %s; using another sample", index, self.paths[index], reason)
                 index = int(rng.integers(0, len(self)))
-        raise RuntimeError(f"{MAX_REPLACEMENTS} unreadable samples in a row (last: {self.paths[index]}); "
-                           "check video_folder / the caches")
+        raise RunError(f"{MAX_REPLACEMENTS} unreadable samples in a row (last: {self.paths[index]}: {reason}); "
+                       "check video_folder / the caches")
 
 
 def collate(samples: list[dict]) -> dict:

@@ -15,25 +15,21 @@ import os
 
 import numpy as np
 
+from ..errors import InputError
+from ..utils.files import atomic_write
+
 TEXT_KEYS = ("text_emb", "mask", "tokens", "text")
 LATENT_KEYS = ("latent_mean", "latent_std", "fps", "ori_size")
 
 
-class CacheError(ValueError):
+class CacheError(InputError):
     """A cache file is missing, unreadable or not of the expected layout."""
 
 
 def atomic_savez(path: str, **arrays) -> None:
     """``np.savez`` to a temporary name, then rename: a killed run never leaves half a file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
-    directory, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{name}.tmp{os.getpid()}.npz")
-    try:
+    with atomic_write(path) as tmp:
         np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _load(path: str, keys) -> dict:
@@ -99,9 +95,51 @@ def sample_latent(latent: dict, rng: np.random.Generator) -> np.ndarray:
 
 
 def cache_file_for(folder: str, relative_path: str) -> str:
-    """The cache file of a video or caption: its path relative to the data root, with ``.npz``."""
-    stem, _ = os.path.splitext(relative_path.lstrip("/\\"))
-    return os.path.join(folder, stem + ".npz")
+    """The cache file of a video or caption: its path relative to the data root, with ``.npz`` (an absolute
+    path is taken relative to /); one that would leave ``folder`` (``../``) is an error."""
+    from ..utils.outputs import inside
+
+    stem, _ = os.path.splitext(str(relative_path).lstrip("/\\"))
+    return inside(folder, stem + ".npz", "the csv path")
+
+
+def plan_cache_files(folder: str, rows, source: str) -> list[tuple[str, str, object]]:
+    """``rows``: (csv path, payload) per csv row -> [(cache file, csv path, payload)] without repeats.
+
+    A csv path listed twice with the same payload is one file (logged); twice with different payloads
+    (two captions of one video), or two csv paths that name one cache file (``v1.mp4`` and ``v1.avi``),
+    are an error listing them: one file cannot hold both, and training would read the wrong one."""
+    import logging
+
+    from ..utils.outputs import OutputError, check_distinct
+
+    first: dict[str, object] = {}
+    conflicts, repeats, planned = [], 0, []
+    for rel, payload in rows:
+        rel = str(rel)
+        if rel in first:
+            if first[rel] != payload:
+                conflicts.append(f"  {rel}: {first[rel]!r} and {payload!r}")
+            else:
+                repeats += 1
+            continue
+        first[rel] = payload
+        planned.append((cache_file_for(folder, rel), rel, payload))
+    if conflicts:
+        raise OutputError(f"{source}: {len(conflicts)} path(s) listed more than once with different values; a "
+                          "cache holds one file per path:\n" + "\n".join(conflicts[:5])
+                          + (f"\n  ... and {len(conflicts) - 5} more" if len(conflicts) > 5 else ""))
+    check_distinct([(rel, path) for path, rel, _ in planned], f"row of {source}")
+    if repeats:
+        logging.getLogger(__name__).info("%s: %d repeated row(s) share one cache file", source, repeats)
+    return planned
+
+
+def remove_stale_cache_temporaries(paths) -> int:
+    """Temporaries a killed run left next to these cache files (see ``opensora.utils.files``)."""
+    from ..utils.files import remove_stale_temporaries
+
+    return sum(remove_stale_temporaries(d) for d in sorted({os.path.dirname(os.path.abspath(p)) for p in paths}))
 
 
 def is_cached(path: str) -> bool:

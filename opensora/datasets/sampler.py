@@ -19,6 +19,7 @@ from typing import Iterator
 
 import numpy as np
 
+from ..config import ConfigError
 from .bucket import Bucket
 
 
@@ -26,7 +27,7 @@ class FixedSizeBatchSampler:
     def __init__(self, num_samples: int, batch_size: int, num_frames: int, height: int, width: int,
                  world: int = 1, rank: int = 0, seed: int = 0, shuffle: bool = True, drop_last: bool = False):
         if num_samples < 1:
-            raise ValueError("the dataset is empty")
+            raise ConfigError("the dataset is empty")
         self.num_samples, self.batch_size = num_samples, batch_size
         self.thw = (num_frames, height, width)
         self.world, self.rank, self.seed, self.shuffle, self.drop_last = world, rank, seed, shuffle, drop_last
@@ -70,8 +71,8 @@ class BucketBatchSampler:
                 continue
             self.groups.setdefault(bucket_id, []).append(idx)
         if not self.groups:
-            raise ValueError("no sample fits any bucket of bucket_config (check num_frames/height/width "
-                             "columns of the csv against the bucket resolutions and frame counts)")
+            raise ConfigError("no sample fits any bucket of bucket_config (check num_frames/height/width "
+                              "columns of the csv against the bucket resolutions and frame counts)")
 
     def _plan(self, epoch: int):
         rng = np.random.default_rng([self.seed, epoch])

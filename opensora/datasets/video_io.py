@@ -11,12 +11,15 @@ import os
 
 import numpy as np
 
+from ..errors import InputError
+from ..utils.files import atomic_write
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif", ".flv", ".m4v")
 IMG_FPS = 120.0  # upstream's fps condition for images
 
 
-class VideoReadError(RuntimeError):
+class VideoReadError(InputError):
     """A video or image could not be read; ``path`` and ``reason`` say which and why."""
 
     def __init__(self, path: str, reason: str):
@@ -138,10 +141,7 @@ def save_video(frames, path: str, fps: float = 24.0, layout: str = "auto", force
         stem, ext = path, ""
     as_image = frames.shape[0] == 1 and not force_video
     path = stem + (".png" if as_image else ".mp4")
-    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
-    directory, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(directory, f".tmp{os.getpid()}_{name}")
-    try:
+    with atomic_write(path) as tmp:
         if as_image:
             from PIL import Image
 
@@ -152,8 +152,4 @@ def save_video(frames, path: str, fps: float = 24.0, layout: str = "auto", force
             # libx264 + yuv420p needs even sizes; macro_block_size=2 lets imageio round odd ones
             imageio.mimwrite(tmp, list(frames), fps=float(fps), codec="libx264", format="FFMPEG",
                              macro_block_size=2, pixelformat="yuv420p")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path

@@ -18,6 +18,7 @@ import shutil
 
 from ..config import ConfigError
 from ..runtime import set_seed
+from ..utils.files import atomic_write, remove_stale_temporaries
 
 logger = logging.getLogger(__name__)
 
@@ -36,9 +37,9 @@ def _materialize(kind: str, cfg: dict, folder: str, build, save, ext: str = ".ck
     if not os.path.exists(path):
         logger.warning("%s: no from_pretrained given, using random weights (written to %s)", kind, path)
         set_seed(_INIT_SEEDS[kind])
-        tmp = f"{path}.tmp{os.getpid()}{ext}"
-        save(build(), tmp)
-        os.replace(tmp, path)
+        remove_stale_temporaries(folder)
+        with atomic_write(path) as tmp:
+            save(build(), tmp)
     return path
 
 

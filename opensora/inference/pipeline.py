@@ -4,9 +4,15 @@ Order of work per batch (upstream 1.2): JSON suffix -> references -> per sample 
 cleaning -> per loop: prompt segment, condition on the previous clip, noise, mask strategy,
 sampling, decoding -> join the loops -> save. Differences from upstream, all deliberate:
 - the noise of sample (prompt index i, k, loop) comes from a generator seeded with (seed, i, k, loop),
-  so a resumed run (``prompt_as_path``), another batch size or the three-stage pipeline give the
-  same videos as one uninterrupted run;
+  also the noise the samplers draw inside their loop (one generator per sample), and the VAE's
+  posterior draw when it encodes a reference (seed, i, reference) or the previous loop's clip (each clip
+  alone), so a resumed run (``--skip-existing``), another batch size or the three-stage pipeline give
+  the same videos as one uninterrupted run (upstream draws these from one global generator);
 - no prompt is an error (upstream loops forever), a URL reference is refused;
+- everything that needs no model is checked first (``request.check_request``: sizes, prompts,
+  references, outputs and their overwrite policy, memory); NaN/inf from the text encoder, the sampler or
+  the decoder stops the run naming the prompt, sample and step; a run that wrote fewer files than it
+  planned fails;
 - ``neg_prompt`` replaces the learned null caption in guidance;
 - ``text_embed_folder`` reads cached T5 embeddings, ``no_vae_decode``/``save_latent`` write latents.
 """
@@ -21,46 +27,25 @@ import numpy as np
 import mindspore as ms
 
 from ..config import ConfigError
-from ..datasets.aspect import get_num_frames
 from ..datasets.embedding_cache import read_text_embedding
 from ..dtypes import canonical
+from ..errors import NonFiniteError, RunError
 from ..models.layers import forms
 from ..models.stdit.stdit3 import STDiT3
 from ..models.vae.geometry import FrameCountError, geometry_of
 from ..schedulers.guidance import TextCondition
+from ..utils.files import atomic_write
+from ..utils.finite import nonfinite_rows
 from . import components
-from .mask_strategy import apply_mask_strategy, parse_mask_strategy, loop_condition
-from .output import finished, save_latent, save_path_name, save_sample
-from .presets import model_size_args, resolve_image_size, resolve_save_fps
-from .prompts import extract_json_from_prompts, load_prompts, process_prompt, prompt_for_loop
+from .mask_strategy import apply_mask_strategy, loop_condition
+from .output import SampleOutput, latent_file, save_latent, save_sample
+from .presets import model_size_args
+from .prompts import process_prompt, prompt_for_loop
 from .references import read_reference, split_references
+from .request import check_request
 
 logger = logging.getLogger(__name__)
 
-
-
-def gather_prompts(cfg) -> list[str]:
-    if cfg.prompt:
-        prompts = list(cfg.prompt)[cfg.start_index:cfg.end_index]
-    elif cfg.prompt_path:
-        prompts = load_prompts(cfg.prompt_path, cfg.start_index, cfg.end_index)
-    else:
-        raise ConfigError("no prompt given: use --prompt TEXT [TEXT ...] or --prompt-path FILE (.txt or .csv)")
-    if not prompts:
-        raise ConfigError("the prompt list is empty (check --prompt-path and --start-index/--end-index)")
-    return prompts
-
-
-def per_prompt(values, n: int, name: str) -> list:
-    """A per-prompt CLI list (reference_path / mask_strategy): empty -> "" each; one -> repeated."""
-    if not values:
-        return [""] * n
-    values = ["" if v is None or str(v).lower() in ("none", "null") else str(v) for v in values]
-    if len(values) == 1 and n > 1:
-        return values * n
-    if len(values) != n:
-        raise ConfigError(f"--{name.replace('_', '-')} has {len(values)} entries for {n} prompts; give one per prompt")
-    return values
 
 
 class InferencePipeline:
@@ -68,13 +53,9 @@ class InferencePipeline:
 
     def __init__(self, cfg):
         self.cfg = cfg
-        for key in ("model", "vae", "scheduler"):
-            if not cfg.get(key):
-                raise ConfigError(f"the config needs a '{key}' section (see configs/*/inference/*.yaml)")
-        self.image_size = resolve_image_size(cfg.image_size, cfg.resolution, cfg.aspect_ratio)
-        self.num_frames = get_num_frames(cfg.num_frames)
-        self.save_fps = resolve_save_fps(cfg.save_fps, cfg.fps, cfg.frame_interval)
-        self.prompts = gather_prompts(cfg)
+        self.request = check_request(cfg, outputs=not cfg.write_prompts)  # before anything is loaded
+        self.image_size, self.num_frames = self.request.image_size, self.request.num_frames
+        self.save_fps, self.prompts = self.request.save_fps, self.request.prompts
         self.stats: dict = {"load_s": {}, "videos": []}
         self.text_encoder = self.vae = self.model = self.scheduler = None
         self._blockwise = None
@@ -83,12 +64,9 @@ class InferencePipeline:
     # ------------------------------------------------------------------ building
     def conditioned(self) -> bool:
         """Whether frames are given (references, loops): that needs the VAE and a model that takes x_mask."""
-        given = any(r for r in per_prompt(self.cfg.reference_path, len(self.prompts), "reference_path"))
-        return given or any("reference_path" in p for p in self.prompts) or self.cfg.loop > 1
+        return self.request.conditioned
 
     def needs_vae(self) -> bool:
-        if self.cfg.no_vae_decode and self.conditioned():
-            raise ConfigError("references and loops need the VAE (to encode frames); drop --no_vae_decode")
         return not self.cfg.no_vae_decode or self.conditioned()
 
     def load(self):
@@ -99,8 +77,6 @@ class InferencePipeline:
             first = read_text_embedding(self._cache_file(cfg.start_index))
             model_max_length, caption_channels = first["text_emb"].shape
         else:
-            if not cfg.text_encoder:
-                raise ConfigError("the config needs a 'text_encoder' section, or use --text_embed_folder")
             self.text_encoder = components.build_text_encoder(cfg.text_encoder, rnd)
             caption_channels, model_max_length = self.text_encoder.output_dim, self.text_encoder.model_max_length
         self.stats["load_s"]["text_encoder"] = time.perf_counter() - t0
@@ -176,34 +152,48 @@ class InferencePipeline:
         else:
             enc = self.text_encoder.encode(texts)
             y, mask = enc["y"].astype(ms.float32), enc["mask"]
+        self._check_finite_text(y, indices, "prompt")
         if self.cfg.neg_prompt is not None:
             if self.text_encoder is None:
                 raise ConfigError("--neg-prompt needs the text encoder; it cannot be used with --text_embed_folder")
             neg = self.text_encoder.encode([self.process(self.cfg.neg_prompt)] * b)
+            self._check_finite_text(neg["y"], indices[:1], "negative prompt")
             return TextCondition(y, mask, neg["y"].astype(ms.float32), neg["mask"])
         return TextCondition(y, mask, self.model.y_embedder.null(b))
 
+    def _check_finite_text(self, y, indices, what: str) -> None:
+        rows = nonfinite_rows(y)
+        if rows:
+            half = " (T5 overflows in float16: use dtype bf16 or fp32)" if self.dtype == "float16" else \
+                " (check the text encoder's weights)"
+            raise NonFiniteError(f"the text embedding of {what} {[indices[r] for r in rows if r < len(indices)]} "
+                                 f"holds NaN/inf{half}")
+
     def write_prompts(self, path: str) -> int:
         """Stage 1 of the three-stage pipeline: the prompts as T5 must see them, before cleaning
-        (infer_t5.py cleans prompts itself), one per line in prompt order."""
-        texts, _, _ = extract_json_from_prompts(self.prompts, [""] * len(self.prompts), [""] * len(self.prompts))
+        (infer_t5.py cleans prompts itself), one per line in prompt order; written atomically."""
+        from ..utils.outputs import prepare_output_dir
+
         c = self.cfg
-        lines = [process_prompt(t, None, c.aes, c.flow, c.camera_motion) for t in texts]
-        if any("\n" in line for line in lines):
-            raise ConfigError("prompts must be single lines")
-        os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
-        with open(path, "w", encoding="utf-8") as f:
-            f.write("".join(line + "\n" for line in lines))
+        lines = [process_prompt(t, None, c.aes, c.flow, c.camera_motion) for t in self.request.texts]
+        prepare_output_dir(os.path.dirname(os.path.abspath(path)), "--write-prompts")
+        with atomic_write(path) as tmp:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write("".join(line + "\n" for line in lines))
         return len(lines)
 
     # ------------------------------------------------------------------ references
-    def encode_references(self, paths: list[str]) -> list:
-        refs = []
-        for path in paths:
-            pixels = read_reference(path, self.image_size)
-            z = self.vae.encode(ms.Tensor(pixels[None]).astype(getattr(ms, self.dtype)))
-            refs.append(z.astype(ms.float32).asnumpy()[0])
-        return refs
+    def encode_frames(self, pixels: np.ndarray, key: list[int]) -> np.ndarray:
+        """VAE-encode one clip (C, T, H, W) -> its latent. The encoder draws from its posterior (as upstream's
+        does); that draw is seeded by ``key`` so that it does not depend on the batch or on what ran before."""
+        ms.set_seed(int(np.random.default_rng(key).integers(2**31 - 1)))
+        z = self.vae.encode(ms.Tensor(pixels[None]).astype(getattr(ms, self.dtype)))
+        return z.astype(ms.float32).asnumpy()[0]
+
+    def encode_references(self, paths: list[str], index: int) -> list:
+        """The latents of prompt ``index``'s references, each drawn with the key (seed, index, reference)."""
+        return [self.encode_frames(read_reference(path, self.image_size), [self.cfg.seed, index, r, 2])
+                for r, path in enumerate(paths)]
 
     # ------------------------------------------------------------------ sampling
     def noise(self, indices: list[int], k: int, loop_i: int) -> np.ndarray:
@@ -227,20 +217,36 @@ class InferencePipeline:
 
     def sample(self, text: TextCondition, z: np.ndarray, mask, indices, k, loop_i) -> ms.Tensor:
         kwargs = model_size_args(self.cfg.multi_resolution, z.shape[0], self.image_size, self.num_frames, self.cfg.fps)
-        gen = np.random.default_rng([self.cfg.seed, indices[0], k, loop_i, 1])
+        # the sampler's in-loop noise, one generator per sample: the same for any batch size
+        gens = [np.random.default_rng([self.cfg.seed, i, k, loop_i, 1]) for i in indices]
         t0 = time.perf_counter()
         dtype = getattr(ms, self.dtype)
         z = ms.Tensor(z).astype(dtype).astype(ms.float32)  # upstream draws z in the model dtype; sampling is float32
-        out = self.scheduler.sample(self.sampling_model(), z, text, kwargs, mask=mask, generator=gen,
-                                    progress_bar=self.cfg.verbose >= 2, dtype=dtype)
+        try:
+            out = self.scheduler.sample(self.sampling_model(), z, text, kwargs, mask=mask, generator=gens,
+                                        progress_bar=self.cfg.verbose >= 2, dtype=dtype)
+        except NonFiniteError as err:
+            raise NonFiniteError(f"{err}: prompt(s) {[indices[r] for r in err.rows]}, sample {k}, loop {loop_i}; "
+                                 f"likely cause: {self._nonfinite_cause()}", err.step, err.rows) from None
         out = out.asnumpy()  # wait for the device
         self.stats.setdefault("sample_s", []).append(time.perf_counter() - t0)
         return ms.Tensor(out)
 
-    def decode(self, latent: ms.Tensor) -> np.ndarray:
+    def _nonfinite_cause(self) -> str:
+        if self.dtype == "float16":
+            return "float16 overflow (use --dtype bf16 on Ascend, or fp32)"
+        return (f"weights holding NaN/inf (check --ckpt_path / from_pretrained) or an extreme guidance scale "
+                f"(cfg_scale {getattr(self.scheduler, 'cfg_scale', '?')})")
+
+    def decode(self, latent: ms.Tensor, indices=None) -> np.ndarray:
         t0 = time.perf_counter()
         video = self.vae.decode(latent.astype(getattr(ms, self.dtype)), num_frames=self.num_frames)
         video = video.astype(ms.float32).asnumpy()
+        rows = nonfinite_rows(video)
+        if rows:
+            which = [indices[r] for r in rows] if indices else rows
+            raise NonFiniteError(f"the VAE decoded NaN/inf for prompt(s) {which} (finite latents); likely cause: "
+                                 f"the VAE's weights, or float16 overflow (dtype {self.cfg.dtype})", rows=rows)
         self.stats.setdefault("decode_s", []).append(time.perf_counter() - t0)
         return video
 
@@ -251,75 +257,76 @@ class InferencePipeline:
         except FrameCountError as err:
             raise ConfigError(f"condition_frame_length {self.cfg.condition_frame_length}: {err}") from None
 
-    def run_batch(self, start: int, raw_prompts: list[str], refs_text: list[str], masks_text: list[str]) -> list[str]:
-        cfg = self.cfg
-        texts, refs_text, masks_text = extract_json_from_prompts(raw_prompts, refs_text, masks_text)
-        indices = [cfg.start_index + start + j for j in range(len(texts))]
-        for text in masks_text:  # malformed strategies fail before any reference is read
-            parse_mask_strategy(text)
-        refs = [self.encode_references(split_references(r)) if split_references(r) else [] for r in refs_text]
+    def run_batch(self, jobs: list[SampleOutput], refs: dict) -> list[str]:
+        """Sample, decode and save ``jobs`` (one batch, all with the same sample number k); ``refs``: the
+        encoded references of each prompt index."""
+        cfg, req = self.cfg, self.request
+        k = jobs[0].k
+        indices = [job.index for job in jobs]
+        texts = [req.texts[i - cfg.start_index] for i in indices]
+        processed = [self.process(t) for t in texts]
+        batch_refs = [list(refs.get(i, [])) for i in indices]
+        strategies = [req.mask_strategies[i - cfg.start_index] for i in indices]
+        clips, latents = [], []
+        for loop_i in range(cfg.loop):
+            loop_texts = [prompt_for_loop(p, loop_i) for p in processed]
+            if loop_i > 0:
+                for j, index in enumerate(indices):  # each clip alone: its draw keyed by (seed, index, k, loop)
+                    batch_refs[j].append(self.encode_frames(clips[-1][j], [cfg.seed, index, k, loop_i, 3]))
+                    cond = loop_condition(loop_i, len(batch_refs[j]) - 1, cfg.condition_frame_length,
+                                          cfg.condition_frame_edit)
+                    strategies[j] = f"{strategies[j]};{cond}" if strategies[j] else cond
+            z = self.noise(indices, k, loop_i)
+            mask = apply_mask_strategy(z, batch_refs, strategies, loop_i, cfg.align)
+            latent = self.sample(self.text_condition(loop_texts, indices), z, mask, indices, k, loop_i)
+            latents.append(latent)
+            if self.vae is not None and not cfg.no_vae_decode:
+                clips.append(self.decode(latent, indices))
         saved = []
-        for k in range(cfg.num_sample):
-            paths = [save_path_name(cfg.save_dir, cfg.sample_name, idx, texts[j], cfg.prompt_as_path, cfg.num_sample, k)
-                     for j, idx in enumerate(indices)]
-            if cfg.prompt_as_path and all(finished(p) for p in paths):
-                logger.info("skipping finished %s", paths)
-                continue
-            processed = [self.process(t) for t in texts]
-            batch_refs = [list(r) for r in refs]
-            strategies = list(masks_text)
-            clips, latents = [], []
-            for loop_i in range(cfg.loop):
-                loop_texts = [prompt_for_loop(p, loop_i) for p in processed]
-                if loop_i > 0:
-                    prev = self.vae.encode(ms.Tensor(clips[-1]).astype(getattr(ms, self.dtype)))
-                    prev = prev.astype(ms.float32).asnumpy()
-                    for j in range(len(texts)):
-                        batch_refs[j].append(prev[j])
-                        cond = loop_condition(loop_i, len(batch_refs[j]) - 1, cfg.condition_frame_length,
-                                              cfg.condition_frame_edit)
-                        strategies[j] = f"{strategies[j]};{cond}" if strategies[j] else cond
-                z = self.noise(indices, k, loop_i)
-                mask = apply_mask_strategy(z, batch_refs, strategies, loop_i, cfg.align)
-                latent = self.sample(self.text_condition(loop_texts, indices), z, mask, indices, k, loop_i)
-                latents.append(latent)
-                if self.vae is not None and not cfg.no_vae_decode:
-                    clips.append(self.decode(latent))
-            if cfg.save_latent or cfg.no_vae_decode:
-                self.save_latents(latents[-1], paths)
-            if not clips:
-                saved += paths
-                continue
+        if cfg.save_latent or cfg.no_vae_decode:
+            saved += self.save_latents(latents[-1], jobs)
+        if clips:
             t0 = time.perf_counter()
-            for j, path in enumerate(paths):
-                trim = self.trim_frames()
+            trim = self.trim_frames() if len(clips) > 1 else 0
+            for j, job in enumerate(jobs):
                 video = np.concatenate([clips[0][j]] + [c[j][:, trim:] for c in clips[1:]], axis=1)
-                saved.append(save_sample(video, path, self.save_fps))
+                saved.append(save_sample(video, job.base, self.save_fps))
                 if cfg.verbose >= 1:
                     print(f"Saved to {saved[-1]}", flush=True)
             self.stats.setdefault("save_s", []).append(time.perf_counter() - t0)
         return saved
 
-    def save_latents(self, latent: ms.Tensor, paths: list[str]) -> None:
-        arr = latent.asnumpy()
-        for j, path in enumerate(paths):
-            target = os.path.join(os.path.dirname(path), "latents", os.path.basename(path) + ".npz")
-            save_latent(arr[j], target, self.num_frames, self.save_fps)
-            logger.info("latent saved to %s", target)
+    def save_latents(self, latent: ms.Tensor, jobs: list[SampleOutput]) -> list[str]:
+        arr, written = latent.asnumpy(), []
+        for j, job in enumerate(jobs):
+            written.append(save_latent(arr[j], latent_file(job.base), self.num_frames, self.save_fps))
+            logger.info("latent saved to %s", written[-1])
+        return written
 
     def run(self) -> list[str]:
+        """Make every planned sample not skipped by the overwrite policy; -> the files written. The plan is
+        made again on each call (the output folder may have changed since)."""
         cfg = self.cfg
-        os.makedirs(cfg.save_dir, exist_ok=True)
-        n = len(self.prompts)
-        refs = per_prompt(cfg.reference_path, n, "reference_path")
-        masks = per_prompt(cfg.mask_strategy, n, "mask_strategy")
-        starts = range(0, n, cfg.batch_size)
+        self.request = check_request(cfg)
+        todo = {(job.index, job.k): job for job in self.request.todo}
+        indices = [cfg.start_index + j for j in range(len(self.prompts))]
+        starts = range(0, len(indices), cfg.batch_size)
         if cfg.verbose >= 1:
             from tqdm import tqdm
 
             starts = tqdm(starts, desc="prompts", unit="batch")
         saved = []
         for s in starts:
-            e = s + cfg.batch_size
-            saved += self.run_batch(s, self.prompts[s:e], refs[s:e], masks[s:e])
+            batch = indices[s:s + cfg.batch_size]
+            if not any((i, k) in todo for i in batch for k in range(cfg.num_sample)):
+                continue
+            refs = {i: self.encode_references(split_references(self.request.references[i - cfg.start_index]), i)
+                    for i in batch if split_references(self.request.references[i - cfg.start_index])}
+            for k in range(cfg.num_sample):
+                jobs = [todo[(i, k)] for i in batch if (i, k) in todo]
+                if jobs:
+                    saved += self.run_batch(jobs, refs)
+        missing = [f for job in todo.values() for f in job.files if not os.path.isfile(f)]
+        if missing:
+            raise RunError(f"{len(missing)} planned output file(s) were not written: {missing[:5]}")
         return saved

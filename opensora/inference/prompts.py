@@ -10,6 +10,7 @@ import os
 import re
 
 from ..config import ConfigError
+from ..utils.files import read_text
 
 JSON_KEYS = ("reference_path", "mask_strategy")
 
@@ -19,30 +20,50 @@ class PromptError(ConfigError):
 
 
 def load_prompts(path: str, start_index: int = 0, end_index: int | None = None) -> list[str]:
-    """One prompt per line of a .txt file, or the ``text`` column of a .csv; sliced [start:end]."""
+    """One prompt per line of a UTF-8 .txt file, or the ``text`` column of a .csv; sliced [start:end].
+
+    Every line counts (as upstream and infer_t5.py: the line number is the output index), so a blank line
+    inside the slice is an error naming it; blank lines at the very end of the file are dropped."""
     return [row["text"] for row in load_prompt_rows(path, start_index, end_index)]
 
 
 def load_prompt_rows(path: str, start_index: int = 0, end_index: int | None = None, columns=()) -> list[dict]:
     """Rows ``{"text": ..., column: value or ""}`` of a .txt (one prompt per line; no other columns) or a
-    .csv (a ``text`` column and, when present, the optional ``columns``), sliced [start:end]."""
+    .csv (a ``text`` column and, when present, the optional ``columns``, read as text), sliced [start:end],
+    with the checks of :func:`load_prompts`."""
     if not os.path.isfile(path):
         raise PromptError(f"prompt file not found: {path}")
     if path.lower().endswith(".csv"):
-        import pandas as pd
+        from ..datasets.dataset import read_csv_table
 
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-        if "text" not in table.columns:
-            raise PromptError(f"{path}: a CSV prompt file needs a 'text' column (columns: {list(table.columns)})")
+        table = read_csv_table(path, need_path=False, as_text=True)
         keep = ["text"] + [c for c in columns if c in table.columns]
         rows = [{c: str(row[c]).strip() for c in keep} for row in table[keep].to_dict("records")]
+        where = "row"
     else:
-        with open(path, "r", encoding="utf-8") as f:
-            rows = [{"text": line.strip()} for line in f]  # every line counts, as upstream (and infer_t5.py)
-    for row in rows:
+        rows = [{"text": line.strip()} for line in read_text(path, "prompt file").splitlines()]
+        where = "line"
+    while rows and not rows[-1]["text"]:
+        rows.pop()
+    if not rows:
+        raise PromptError(f"{path}: no prompt in the file (it is empty or blank)")
+    selected = rows[start_index:end_index]
+    blank = [start_index + i + 1 for i, row in enumerate(selected) if not row["text"]]
+    if blank:
+        shown = ", ".join(str(n) for n in blank[:10]) + (" ..." if len(blank) > 10 else "")
+        raise PromptError(f"{path}: {len(blank)} empty prompt(s) ({where} {shown}); every {where} is one prompt "
+                          "(its index names the output): remove the empty ones or write a prompt there")
+    for row in selected:
         for column in columns:
             row.setdefault(column, "")
-    return rows[start_index:end_index]
+    return selected
+
+
+def check_prompt_texts(texts: list[str], start_index: int = 0) -> None:
+    """Each prompt has some text once the JSON suffix is split off (no prompt is an error, as the README says)."""
+    empty = [start_index + i for i, t in enumerate(texts) if not t.strip()]
+    if empty:
+        raise PromptError(f"prompt(s) {empty[:10]} have no text; give every prompt a description")
 
 
 def extract_json_from_prompts(prompts, references, mask_strategies):

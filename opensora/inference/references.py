@@ -67,8 +67,11 @@ def read_reference(path: str, image_size) -> np.ndarray:
     check_reference_path(path)
     ext = os.path.splitext(path)[1].lower()
     if ext in IMAGE_EXTENSIONS:
-        with Image.open(path) as img:
-            frames = [_resize_crop(img, image_size, Image.BICUBIC)]
+        try:
+            with Image.open(path) as img:
+                frames = [_resize_crop(img, image_size, Image.BICUBIC)]
+        except (OSError, SyntaxError, ValueError) as err:  # PIL's errors for files that are not images
+            raise ReferenceError(f"reference image {path} cannot be read ({type(err).__name__}: {err})") from None
         video = np.stack(frames).astype(np.float32) / 127.5 - 1.0  # (T, H, W, 3)
         return video.transpose(3, 0, 1, 2)
     frames = _video_frames(path)
@@ -104,14 +107,10 @@ def resize_crop_video(video: np.ndarray, size) -> np.ndarray:
 
 
 def _video_frames(path: str):
+    from ..datasets.video_io import VideoReadError, read_video
+
     try:
-        from ..datasets.video_io import read_video  # the VAE teammate's reader, when present
-
-        video = read_video(path)
-        frames = video[0] if isinstance(video, tuple) else video
-        return [np.asarray(f) for f in np.asarray(frames)]
-    except ImportError:
-        import imageio
-
-        with imageio.get_reader(path, "ffmpeg") as reader:
-            return [np.asarray(f)[..., :3] for f in reader]
+        frames, _ = read_video(path)
+    except VideoReadError as err:
+        raise ReferenceError(f"reference video {err}") from None
+    return list(frames)

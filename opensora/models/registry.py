@@ -11,6 +11,7 @@ import inspect
 from typing import Any, Callable
 
 from ..config import ConfigError, check_kwargs
+from ..errors import InputError
 
 
 class Registry:
@@ -65,7 +66,12 @@ class Registry:
         params = inspect.signature(builder).parameters
         if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
             check_kwargs(kwargs, params, f"{self.kind} {cfg['type']!r}")
-        return builder(**kwargs)
+        try:
+            return builder(**kwargs)
+        except InputError:
+            raise
+        except (ValueError, NotImplementedError) as err:  # a constructor refusing its config's values
+            raise ConfigError(f"{self.kind} {cfg['type']!r}: {err}") from err
 
     def geometry(self, cfg: dict | None):
         """What a registered ``geometry`` function says of ``cfg`` (``{"type": name, **kwargs}``), no building."""

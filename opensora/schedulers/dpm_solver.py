@@ -20,6 +20,7 @@ from mindspore import ops
 
 from .guidance import GuidedModel, TextCondition, apply_guidance
 from .iddpm.schedule import named_betas
+from ..utils.finite import check_sampler_step
 from .noise import progress
 from .registry import SCHEDULERS
 
@@ -98,6 +99,7 @@ class DPM_SOLVER:  # noqa: N801 (upstream's class name)
             if steps < 10:
                 order = min(order, steps + 1 - step)  # lower_order_final
             x = self._update(x, prev_m, prev_t, t, order)
+            check_sampler_step(x, "dpm-solver", step, steps)
             prev_t = (prev_t + [t])[-self.order:]
             if step < steps:
                 prev_m = (prev_m + [data_prediction(x, t)])[-self.order:]

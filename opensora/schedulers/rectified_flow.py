@@ -25,6 +25,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import ops
 
+from ..utils.finite import check_sampler_step
 from .guidance import GuidedModel, TextCondition, apply_guidance
 from .iddpm.diffusion import mean_flat
 from .noise import make_rng, progress, randn
@@ -191,5 +192,6 @@ class RFlow:
             z = z + v * ms.Tensor(dt).reshape((b,) + (1,) * (z.ndim - 1))
             if mask is not None:
                 z = ops.where(keep, z, x0)
+            check_sampler_step(z, "rflow", i + 1, len(timesteps))
         return z
 

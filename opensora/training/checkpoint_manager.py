@@ -11,7 +11,8 @@ Layout of one checkpoint (a directory ``<output>/checkpoints/step_00000100``):
 
 Atomicity: everything is written into ``.step_XXXXXXXX.tmp`` and the directory is renamed to its final
 name at the end (a single ``rename``), so a process killed mid-save leaves the previous checkpoint as
-the latest usable one; leftovers of killed saves are removed by the next save.
+the latest usable one. An interrupted save (Ctrl-C, SIGTERM, an error) removes its temporary directory;
+leftovers of a killed one are removed when the next run opens the folder (and by every save).
 """
 from __future__ import annotations
 
@@ -23,19 +24,36 @@ import shutil
 from typing import Callable
 
 from ..utils.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from ..utils.files import atomic_write, remove_stale_temporaries
 
 logger = logging.getLogger(__name__)
 
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
+CHECKPOINT_DIR = "checkpoints"
+LOG_FILE = "train_log.csv"
 
 
 def _write_json_atomic(path: str, data: dict) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def run_files(output_dir: str) -> list[str]:
+    """What in ``output_dir`` belongs to a training run (its log, its checkpoints); [] for a new folder."""
+    found = []
+    if os.path.isfile(os.path.join(output_dir, LOG_FILE)):
+        found.append(LOG_FILE)
+    root = os.path.join(output_dir, CHECKPOINT_DIR)
+    if os.path.isdir(root):
+        found += sorted(f"{CHECKPOINT_DIR}/{n}" for n in os.listdir(root) if _STEP_DIR.match(n))
+    return found
+
+
+def _is_save_leftover(name: str) -> bool:
+    return name.startswith(".step_") and name.endswith(".tmp")
 
 
 def is_complete(path: str) -> bool:
@@ -58,6 +76,8 @@ class CheckpointManager:
         self.rank, self.world = rank, world
         self.barrier = barrier or (lambda: None)
         os.makedirs(self.root, exist_ok=True)
+        if rank == 0:
+            self._remove_leftovers()
 
     # ------------------------------------------------------------------ finding
     def list(self) -> list[str]:
@@ -100,6 +120,14 @@ class CheckpointManager:
             if os.path.isdir(tmp):
                 shutil.rmtree(tmp)
             os.makedirs(tmp)
+        try:
+            return self._save_into(tmp, final, step, model_params, ema_params, train_state, meta, shard_state)
+        except BaseException:  # Ctrl-C, SIGTERM or an error mid-save: no half checkpoint stays behind
+            if self.rank == 0:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def _save_into(self, tmp, final, step, model_params, ema_params, train_state, meta, shard_state) -> str:
         self.barrier()
         files = []
         if self.rank == 0:
@@ -126,9 +154,14 @@ class CheckpointManager:
     def _prune(self) -> None:
         for path in self.list()[:-self.keep_last]:
             shutil.rmtree(path, ignore_errors=True)
-        for name in os.listdir(self.root):  # leftovers of saves killed midway
-            if name.startswith(".step_") and name.endswith(".tmp"):
+        self._remove_leftovers()
+
+    def _remove_leftovers(self) -> None:
+        """Temporary directories of saves killed midway (and stale temporaries of this naming)."""
+        for name in os.listdir(self.root):
+            if _is_save_leftover(name):
                 shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
+        remove_stale_temporaries(self.root)
 
     # ------------------------------------------------------------------ loading
     @staticmethod

@@ -42,9 +42,58 @@ def check_config(cfg: Config) -> None:
     if not cfg.text_embed_folder:
         raise ConfigError("text_embed_folder is required: cache the T5 embeddings first with "
                           "`python scripts/infer_t5.py --csv_path ... --output_dir <text_embed_folder>`")
-    from ..datasets.dataset import read_csv_table
+    check_data(cfg)  # a bad csv, or one whose files are missing, fails before any build
 
-    read_csv_table(cfg.csv_path, need_size_columns=bool(cfg.bucket_config))  # a bad csv fails before any build
+
+def check_data(cfg: Config) -> None:
+    """Every csv row's files exist (its T5 cache file, and its video or latent cache file): rows without them
+    are counted (training replaces such samples); a csv none of whose rows can be used is an error. Two rows
+    that need one cache file with different captions are an error (the cache holds one caption per path)."""
+    from ..datasets.dataset import read_csv_table
+    from ..datasets.embedding_cache import cache_file_for, plan_cache_files
+
+    table = read_csv_table(cfg.csv_path, need_size_columns=bool(cfg.bucket_config))
+    for folder, option in ((cfg.text_embed_folder, "--text_embed_folder"),
+                           (cfg.video_embed_folder, "--video_embed_folder"), (cfg.video_folder, "--video_folder")):
+        if folder and not os.path.isdir(folder):
+            raise ConfigError(f"{option} {folder}: not a folder")
+    paths, texts = [str(p) for p in table["path"]], [str(t) for t in table["text"]]
+    plan_cache_files(cfg.text_embed_folder, zip(paths, texts), cfg.csv_path)
+    missing = []
+    for rel in paths:
+        needed = [cache_file_for(cfg.text_embed_folder, rel)]
+        if cfg.video_embed_folder:
+            needed.append(cache_file_for(cfg.video_embed_folder, rel))
+        else:
+            needed.append(rel if os.path.isabs(rel) else os.path.join(cfg.video_folder or "", rel))
+        absent = [f for f in needed if not os.path.isfile(f)]
+        if absent:
+            missing.append(absent[0])
+    if len(missing) == len(paths):
+        raise ConfigError(f"no row of {cfg.csv_path} can be used: each lacks a file (e.g. {missing[0]}); check "
+                          "--video_folder / --video_embed_folder / --text_embed_folder (the caches of "
+                          "scripts/infer_t5.py and scripts/infer_vae.py)")
+    if missing:
+        logger.warning("%d of %d csv row(s) lack a file (e.g. %s); training replaces those samples with others",
+                       len(missing), len(paths), missing[0])
+
+
+def check_outputs(cfg: Config) -> None:
+    """The output folder is writable, and holds no other run unless ``--resume`` continues it (the
+    command line's policy: ``scripts/train.py`` calls it; :func:`build_trainer` does not)."""
+    from ..utils.outputs import prepare_output_dir
+    from .checkpoint_manager import CHECKPOINT_DIR, run_files
+
+    found = run_files(cfg.outputs)
+    if found and not cfg.resume:
+        raise ConfigError(f"--outputs {cfg.outputs} already holds a run ({', '.join(found[:3])}): give --resume to "
+                          "continue it (from its latest checkpoint), or a new --outputs folder")
+    if found and cfg.resume and str(cfg.resume).lower() not in ("true", "latest"):
+        own = os.path.abspath(os.path.join(cfg.outputs, CHECKPOINT_DIR))
+        if os.path.commonpath([own, os.path.abspath(str(cfg.resume))]) != own:
+            raise ConfigError(f"--resume {cfg.resume} is not a checkpoint of the run in --outputs {cfg.outputs}; "
+                              "resuming another run into this folder would mix the two: give a new --outputs")
+    prepare_output_dir(cfg.outputs, "--outputs")
 
 
 def build_model(cfg: Config):
@@ -162,5 +211,4 @@ def build_trainer(cfg: Config, runtime) -> Trainer:
         class_dropout_prob=float(getattr(y_embedder, "uncond_prob", 0.0) or 0.0), mask_ratios=cfg.mask_ratios,
         progress_bar=cfg.progress_bar and runtime.rank_id == 0,
         extra_meta={"config": cfg.config, "model": cfg.model.get("type")})
-    os.makedirs(cfg.outputs, exist_ok=True)
     return Trainer(model, scheduler, loader, opts, vae=vae, rank=rank, world=world)

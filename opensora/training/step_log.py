@@ -9,6 +9,8 @@ import csv
 import logging
 import os
 
+from ..utils.files import atomic_write
+
 logger = logging.getLogger(__name__)
 
 COLUMNS = ("step", "epoch", "loss", "lr", "step_time_s", "samples_per_s", "loss_scale", "grad_norm", "finite")
@@ -31,12 +33,11 @@ class StepLogger:
         os.makedirs(output_dir, exist_ok=True)
         rows = [r for r in read_log(self.path) if int(r["step"]) <= start_step] if (
             start_step > 0 and os.path.isfile(self.path)) else []
-        tmp = self.path + ".tmp"
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, self.path)
+        with atomic_write(self.path) as tmp:  # the rows kept on resume replace the file in one rename
+            with open(tmp, "w", encoding="utf-8", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=COLUMNS)
+                writer.writeheader()
+                writer.writerows(rows)
         self._file = open(self.path, "a", encoding="utf-8", newline="")
         self._writer = csv.DictWriter(self._file, fieldnames=COLUMNS)
         if progress_bar:

@@ -14,6 +14,8 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn
 
+from ..config import ConfigError
+from ..errors import NonFiniteError
 from ..utils.checkpoint import CheckpointError, load_into, require_shapes
 from .checkpoint_manager import CheckpointManager
 from .ema import EMA
@@ -107,7 +109,7 @@ class Trainer:
         model.set_train(True)
         trainable = model.trainable_params()
         if not trainable:
-            raise ValueError("the model has no trainable parameters")
+            raise ConfigError("the model has no trainable parameters (check the model config's freeze setting)")
         self.optimizer = AdamW(trainable, lr=opts.lr, betas=opts.betas, eps=opts.adam_eps,
                                weight_decay=opts.weight_decay, shard=opts.zero_stage == 1, world=world, rank=rank)
         self.ema = EMA(trainable, opts.ema_decay, shard=opts.zero_stage == 1, world=world, rank=rank) \
@@ -223,7 +225,9 @@ class Trainer:
         elapsed = time.perf_counter() - start
         self.global_step += 1
         if not math.isfinite(loss) and opts.loss_scaler_type == "none":
-            raise FloatingPointError(f"step {self.global_step}: loss is {loss}; lower the lr or enable loss scaling")
+            raise NonFiniteError(f"training step {self.global_step}: the loss is {loss}; likely cause: a learning rate "
+                                 f"too high (lr {opts.lr:g}) or float16 overflow: lower --lr, or enable loss scaling "
+                                 "(--loss_scaler_type dynamic)", step=self.global_step)
         self.losses.append(loss)
         batch_size = batch["x0"].shape[0] * self.world
         log.log(step=self.global_step, epoch=self.epoch, loss=loss, lr=lr, step_time_s=elapsed,

@@ -15,8 +15,11 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn
 
+from ..errors import InputError
+from .files import atomic_write
 
-class CheckpointError(ValueError):
+
+class CheckpointError(InputError):
     """A checkpoint does not fit the model; the message lists every problem."""
 
 
@@ -141,12 +144,6 @@ def load_checkpoint(net: nn.Cell, path: str, strict: bool = True, ignore: Iterab
     return load_into(net, read_checkpoint(path), source=path, strict=strict, ignore=ignore)
 
 
-def atomic_path(path: str) -> str:
-    """A temporary name next to ``path``: renamed onto it only when the write finished."""
-    directory, name = os.path.split(os.path.abspath(path))
-    return os.path.join(directory, f".{name}.tmp{os.getpid()}")
-
-
 def save_checkpoint(params, path: str) -> None:
     """Write a ``.ckpt`` atomically (temporary file, then rename), so a crash never leaves half a file.
 
@@ -155,14 +152,13 @@ def save_checkpoint(params, path: str) -> None:
     if isinstance(params, Mapping):
         params = [{"name": k, "data": v if isinstance(v, ms.Tensor) else ms.Tensor(np.asarray(v))}
                   for k, v in params.items()]
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = atomic_path(path)
-    try:
-        ms.save_checkpoint(params, tmp)
-        # MindSpore appends ".ckpt" when the name lacks it.
-        written = tmp if os.path.exists(tmp) else tmp + ".ckpt"
-        os.replace(written, path)
-    finally:
-        for leftover in (tmp, tmp + ".ckpt"):
-            if os.path.exists(leftover):
-                os.remove(leftover)
+    with atomic_write(path) as tmp:
+        if tmp.endswith(".ckpt"):
+            ms.save_checkpoint(params, tmp)
+        else:  # MindSpore appends ".ckpt" to a name without it
+            try:
+                ms.save_checkpoint(params, tmp + ".ckpt")
+                os.replace(tmp + ".ckpt", tmp)
+            finally:
+                if os.path.exists(tmp + ".ckpt"):
+                    os.remove(tmp + ".ckpt")

@@ -19,6 +19,7 @@ import mindspore as ms
 from mindspore.nn.utils import no_init_parameters
 
 from ...dtypes import to_ms_dtype
+from ...errors import MissingFileError
 from ...utils.checkpoint import CheckpointError, KeyReport, load_into, read_checkpoint
 from ..layers import forms
 from .tokenizer import load_tokenizer, tokenize
@@ -52,7 +53,7 @@ def resolve_pretrained(from_pretrained: str, cache_dir: str | None = None, name:
             tried.append(candidate)
             if os.path.isdir(candidate):
                 return candidate
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"{name} weights not found; tried: {', '.join(tried)}. Download the Hugging Face repository "
         f"{repo} (config.json, {files}, weights) to a local directory and pass it as from_pretrained "
         "(or set cache_dir); nothing is downloaded at run time")
@@ -125,7 +126,7 @@ class PretrainedTextModel:
             model_dir, weights = os.path.dirname(os.path.abspath(location)), [location]
         config_path = os.path.join(model_dir, "config.json")
         if not os.path.isfile(config_path):
-            raise FileNotFoundError(f"no config.json next to the {self.name} weights in {model_dir}; copy it from "
+            raise MissingFileError(f"no config.json next to the {self.name} weights in {model_dir}; copy it from "
                                     f"the Hugging Face repository {self.repo}")
         self.model_max_length = int(model_max_length)
         if self.model_max_length <= 0:

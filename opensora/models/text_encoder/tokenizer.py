@@ -18,10 +18,12 @@ import os
 
 import numpy as np
 
+from ...errors import InputError
+
 TOKENIZER_FILES = ("spiece.model", "tokenizer.json")
 
 
-class TokenizerError(ValueError):
+class TokenizerError(InputError):
     """The tokenizer files are missing or unreadable."""
 
 

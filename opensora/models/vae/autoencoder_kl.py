@@ -18,6 +18,8 @@ from functools import partial
 import mindspore as ms
 from mindspore import nn, ops
 
+from ...errors import MissingFileError
+
 from ..layers.attention import attention
 from ..layers.nn import Conv2d, GroupNorm, Linear, pad2d_zeros, silu, upsample_nearest2x
 
@@ -268,7 +270,7 @@ class AutoencoderKL(nn.Cell):
         if isinstance(config, str):
             path = os.path.join(config, "config.json") if os.path.isdir(config) else config
             if not os.path.isfile(path):
-                raise FileNotFoundError(f"no diffusers VAE config at {path} (expected a config.json as in the "
+                raise MissingFileError(f"no diffusers VAE config at {path} (expected a config.json as in the "
                                         "Hugging Face repository, e.g. stabilityai/sd-vae-ft-ema/config.json)")
             with open(path, "r", encoding="utf-8") as f:
                 config = json.load(f)

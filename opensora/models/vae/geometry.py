@@ -18,8 +18,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ...errors import InputError
 
-class FrameCountError(ValueError):
+
+class FrameCountError(InputError):
     """A pixel or latent frame count that the VAE's temporal rule cannot map."""
 
 

@@ -31,19 +31,24 @@ def vae_class_name(vae_type: str) -> str:
     return VAE_TYPES[key]
 
 
-def build_video_vae(vae_type: str, checkpoint: str | None, micro_batch_size: int | None = 4,
-                    micro_frame_size: int = 17, config=None, dtype: str = "float32"):
-    """A ready VAE (``encode_posterior``/``encode``/``decode``/``get_latent_size``) in ``dtype``."""
+def video_vae_config(vae_type: str, checkpoint: str | None, micro_batch_size: int | None = 4,
+                     micro_frame_size: int = 17, config=None) -> dict:
+    """The registry config of the scripts' ``--vae_type``/``--vae_checkpoint``/... flags (its geometry can be
+    asked before the VAE is built: ``geometry_of``)."""
     name = vae_class_name(vae_type)
     if not checkpoint:
         raise ConfigError("--vae_checkpoint is required: a Hugging Face-style directory (config.json + "
                           "safetensors), a .safetensors file or a .ckpt written by tools/convert_vae.py")
     if name == "VideoAutoencoderKL":
-        vae = VAES.build({"type": name, "from_pretrained": checkpoint, "micro_batch_size": micro_batch_size,
-                          "config": config})
-    else:
-        vae = VAES.build({"type": name, "from_pretrained": checkpoint, "micro_batch_size": micro_batch_size,
-                          "micro_frame_size": micro_frame_size, "vae_2d_config": config})
+        return {"type": name, "from_pretrained": checkpoint, "micro_batch_size": micro_batch_size, "config": config}
+    return {"type": name, "from_pretrained": checkpoint, "micro_batch_size": micro_batch_size,
+            "micro_frame_size": micro_frame_size, "vae_2d_config": config}
+
+
+def build_video_vae(vae_type: str, checkpoint: str | None, micro_batch_size: int | None = 4,
+                    micro_frame_size: int = 17, config=None, dtype: str = "float32"):
+    """A ready VAE (``encode_posterior``/``encode``/``decode``/``get_latent_size``) in ``dtype``."""
+    vae = VAES.build(video_vae_config(vae_type, checkpoint, micro_batch_size, micro_frame_size, config))
     vae.set_train(False)
     if to_ms_dtype(dtype) != ms.float32:
         from ..layers.precision import cast_parameters

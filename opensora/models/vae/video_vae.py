@@ -21,6 +21,7 @@ import os
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 
+from ...errors import MissingFileError
 from ..registry import VAES
 from .autoencoder_kl import AutoencoderKL, sample_gaussian
 from .geometry import ChunkedGeometry, FrameCountError, FramewiseGeometry
@@ -101,7 +102,7 @@ class VideoAutoencoderKL(nn.Cell):
         if from_pretrained and load_weights:
             local = resolve_dir(from_pretrained, subfolder)
             if not os.path.exists(local):
-                raise FileNotFoundError(
+                raise MissingFileError(
                     f"VideoAutoencoderKL: {local!r} is not a local directory or file; download the Hugging Face "
                     "repository (e.g. stabilityai/sd-vae-ft-ema) and set from_pretrained to its local path")
             load_vae_weights(self.module, local)

@@ -14,6 +14,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import ops
 
+from ...utils.finite import check_sampler_step
 from ..guidance import GuidedModel, TextCondition, apply_guidance
 from ..noise import make_rng, progress, randn
 from ..registry import SCHEDULERS
@@ -91,7 +92,8 @@ class IDDPM(GaussianDiffusion):
             # upstream: (mask * len(betas)).int() in float32
             mask_t = (m.astype(np.float32) * np.float32(self.num_timesteps)).astype(np.int32)
         steps = list(range(self.num_timesteps))[::-1]
-        for i in progress(steps, progress_bar, "iddpm"):
+        for n, i in enumerate(progress(steps, progress_bar, "iddpm")):
             x = self.p_sample(guided, x, i, rng, scale, mask_t)
+            check_sampler_step(x, "iddpm", n + 1, len(steps))
         return x
 
