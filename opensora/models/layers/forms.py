@@ -360,11 +360,10 @@ def _stride1_rows(xs, stacked_weight, taps, length: int, kw_step: int):
     if rows == 1:
         return ops.narrow(y, 1, 0, length)
     y = y.reshape(rows, o, span)
-    out = None
+    terms = []
     for r in range(rows):
-        term = ops.slice(y, (r, 0, bases[r]), (1, o, length)).reshape(o, length)
-        out = term if out is None else out + term
-    return out
+        terms.append(ops.slice(y, (r, 0, bases[r]), (1, o, length)).reshape(o, length))
+    return ops.addn(terms)  # one pass over the terms: a few % faster than a chain of Adds
 
 
 def conv_as_gemms(x, weight, bias, stride, padding, dilation):
