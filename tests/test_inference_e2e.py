@@ -135,7 +135,8 @@ def test_negative_prompt_replaces_the_null_caption(run, tmp_path):
 
     def pipeline(*extra):
         cfg = inference_schema().parse(["--config", CONFIG, "--prompt", "a cat", "--image_size", "32", "32",
-                                        "--random_weights_dir", run.weights, *extra])
+                                        "--random_weights_dir", run.weights, "--save_dir", str(tmp_path / "p"),
+                                        *extra])
         return InferencePipeline(cfg).load()
 
     plain = pipeline()
