@@ -3,9 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install demo test test-full clean
+.PHONY: install browser demo app test test-full clean
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+$(VENV)/.installed: requirements.txt requirements-app.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements-dev.txt
@@ -17,8 +17,17 @@ install: $(VENV)/.installed
 demo: install
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash run_scripts/demo.sh
 
-# The test suite CI runs (tiny models; about 15 minutes on 2 cores).
-test: install
+# The web app on the tiny random-weight config: http://127.0.0.1:7860 (PORT=... to change it).
+PORT ?= 7860
+app: install
+	$(PY) scripts/app.py --config configs/tiny/inference/sample_t2v.yaml --save-dir samples/app --port $(PORT)
+
+# Chromium for the web app's browser test (Debian's package; needs root or an installed chromium).
+browser:
+	bash run_scripts/install_browser.sh
+
+# The test suite CI runs (tiny models; about 15 minutes on 2 cores), the browser test included.
+test: install browser
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest -m "not full" -q -p no:cacheprovider
 
 # Full-size checks (conversion of the official key/shape manifests into full-size models): slow, many GB.
