@@ -4,10 +4,10 @@ Everything about a request (its flags, checks, output names, the run) is the han
 the controls the loaded config can use, shows progress, errors, the video and the command line, and queues
 requests (one runs at a time). Gradio is imported here only: the rest of the package does not need it.
 """
-from __future__ import annotations
-
 import logging
 import os
+
+import gradio as gr  # no `from __future__ import annotations`: Gradio reads the gr.Request annotations
 
 from ..errors import InputError, RunError
 from ..inference.app_handler import (CAMERA_MOTIONS, DURATIONS, EXTEND_VIDEO, FRAMES_TO_VIDEO, IMAGE_TO_VIDEO,
@@ -18,9 +18,7 @@ logger = logging.getLogger(__name__)
 CONFIG_SIZE = "config"
 
 
-def build_page(handler: AppHandler):
-    import gradio as gr
-
+def build_page(handler: AppHandler) -> gr.Blocks:
     caps = handler.capabilities
     size_label = (f"{caps.image_size[0]}x{caps.image_size[1]} (config)" if caps.image_size else None)
     with gr.Blocks(title="Open-Sora (MindSpore)", analytics_enabled=False) as page:
