@@ -47,11 +47,13 @@ def build_page(handler: AppHandler) -> gr.Blocks:
                     guidance = gr.Number(caps.guidance, label="Guidance scale", elem_id="guidance")
                     seed = gr.Number(handler.base.seed, precision=0, label="Seed", elem_id="seed")
                     random_seed = gr.Checkbox(False, label="Random seed", elem_id="random-seed")
-                with gr.Row(visible=caps.scores):
-                    use_aes = gr.Checkbox(caps.aes is not None, label="Aesthetic score")
-                    aes = gr.Slider(4, 7, value=caps.aes or 6.5, step=0.1, label="Aesthetic score", elem_id="aes")
-                    use_flow = gr.Checkbox(False, label="Motion score")
-                    flow = gr.Slider(0, 100, value=5, step=1, label="Motion score", elem_id="flow")
+                with gr.Row(visible=caps.scores):  # 1.2's prompt suffixes
+                    with gr.Column():
+                        aes = gr.Slider(4, 7, value=caps.aes or 6.5, step=0.1, label="Aesthetic score", elem_id="aes")
+                        use_aes = gr.Checkbox(caps.aes is not None, label="append to the prompt")
+                    with gr.Column():
+                        flow = gr.Slider(0, 100, value=5, step=1, label="Motion score", elem_id="flow")
+                        use_flow = gr.Checkbox(False, label="append to the prompt")
                     camera = gr.Dropdown(["none", *CAMERA_MOTIONS], value="none", label="Camera motion")
                 with gr.Row():
                     name = gr.Textbox(label="Output name (blank: next free app-NNNN)", elem_id="name")
@@ -101,7 +103,8 @@ def build_page(handler: AppHandler) -> gr.Blocks:
                 return (gr.Video(value=None), gr.Image(value=None, visible=False),
                         f"**Error (a bug in the program; traceback in the app's log):** {type(err).__name__}: {err}",
                         "")
-            done = f"**Done** in {result.seconds:.1f} s: `{os.path.relpath(result.path)}`"
+            shown = os.path.relpath(result.path)
+            done = f"**Done** in {result.seconds:.1f} s: `{result.path if shown.startswith('..') else shown}`"
             if result.path.endswith(".png"):
                 return gr.Video(value=None, visible=False), gr.Image(value=result.path, visible=True), done, \
                     result.command
