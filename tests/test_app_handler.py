@@ -12,7 +12,8 @@ import pytest
 
 from opensora.config import ConfigError
 from opensora.errors import InputError
-from opensora.inference.app_handler import IMAGE_TO_VIDEO, TEXT_TO_IMAGE, AppHandler, Cancelled, Form
+from opensora.inference.app_handler import (EXTEND_VIDEO, FRAMES_TO_VIDEO, IMAGE_TO_VIDEO, TEXT_TO_IMAGE, AppHandler,
+                                             Cancelled, Form)
 from opensora.utils.outputs import OutputError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -94,3 +95,16 @@ def test_text_to_image_and_names(handler):
     result = handler.generate(Form(prompt="a red car", task=TEXT_TO_IMAGE, seed=3))
     assert result.path.endswith(f"{first}_0000.png") and "--num-frames 1" in result.command
     assert handler.next_name() != first
+
+
+def test_extend_a_video_and_start_and_end_frames(handler, tmp_path):
+    source = handler.generate(Form(prompt="a cat walks along the river.", seed=5)).path
+    image = tmp_path / "frame.png"
+    imageio.imwrite(image, frames(source)[0])
+    extended = handler.generate(Form(prompt="the cat keeps walking.", task=EXTEND_VIDEO, video=source, seed=5))
+    n = handler.base.condition_frame_length  # the last n latent frames of the video start the new one
+    assert f"--mask-strategy 0,0,-{n},0,{n}" in extended.command and frames(extended.path).shape[0] == 17
+    both = handler.generate(Form(prompt="a cat", task=FRAMES_TO_VIDEO, start_image=str(image), end_image=str(image)))
+    assert "--mask-strategy '0;0,1,0,-1,1'" in both.command
+    ref = shlex.split(both.command)[shlex.split(both.command).index("--reference-path") + 1].split(";")[0]
+    assert os.path.dirname(ref) == os.path.join(handler.base.save_dir, "references")  # the upload is kept
