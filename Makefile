@@ -22,12 +22,13 @@ PORT ?= 7860
 app: install
 	$(PY) scripts/app.py --config configs/tiny/inference/sample_t2v.yaml --save-dir samples/app --port $(PORT)
 
-# Chromium for the web app's browser test (Debian's package; needs root or an installed chromium).
+# Chromium for the web app's browser test, part of `make test` (Debian's package; needs root or an installed chromium).
 browser:
 	bash run_scripts/install_browser.sh
+test: browser
 
-# The test suite CI runs (tiny models; about 15 minutes on 2 cores), the browser test included.
-test: install browser
+# The test suite CI runs (tiny models; about 15 minutes on 2 cores).
+test: install
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest -m "not full" -q -p no:cacheprovider
 
 # Full-size checks (conversion of the official key/shape manifests into full-size models): slow, many GB.
