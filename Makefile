@@ -3,9 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install demo test test-full clean
+.PHONY: install browser demo app test test-full clean
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+$(VENV)/.installed: requirements.txt requirements-app.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements-dev.txt
@@ -16,6 +16,16 @@ install: $(VENV)/.installed
 # The main job: a tiny random-weight configuration through the whole pipeline on the CPU.
 demo: install
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash run_scripts/demo.sh
+
+# The web app on the tiny random-weight config: http://127.0.0.1:7860 (PORT=... to change it).
+PORT ?= 7860
+app: install
+	$(PY) scripts/app.py --config configs/tiny/inference/sample_t2v.yaml --save-dir samples/app --port $(PORT)
+
+# Chromium for the web app's browser test, part of `make test` (Debian's package; needs root or an installed chromium).
+browser:
+	bash run_scripts/install_browser.sh
+test: browser
 
 # The test suite CI runs (tiny models; about 15 minutes on 2 cores).
 test: install

@@ -51,15 +51,19 @@ logger = logging.getLogger(__name__)
 class InferencePipeline:
     """Holds the built components; :meth:`run` samples every prompt. ``stats`` collects timings."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, outputs: bool = True):
+        """``outputs=False``: no output folder or names checked (``--write-prompts``; the web app's loading)."""
         self.cfg = cfg
-        self.request = check_request(cfg, outputs=not cfg.write_prompts)  # before anything is loaded
+        self.request = check_request(cfg, outputs=outputs and not cfg.write_prompts)  # before anything is loaded
         self.image_size, self.num_frames = self.request.image_size, self.request.num_frames
         self.save_fps, self.prompts = self.request.save_fps, self.request.prompts
         self.stats: dict = {"load_s": {}, "videos": []}
         self.text_encoder = self.vae = self.model = self.scheduler = None
         self._blockwise = None
         self.dtype = canonical(cfg.dtype)
+        # progress hook (the web app's progress bar and Cancel): on_progress(stage, done, total) after each
+        # sampling step ("sampling") and around decoding ("decoding", 0/1 then 1/1); raising in it stops the run
+        self.on_progress = None
 
     # ------------------------------------------------------------------ building
     def conditioned(self) -> bool:
@@ -88,11 +92,7 @@ class InferencePipeline:
                 from ..models.layers.precision import cast_parameters
 
                 cast_parameters(self.vae, getattr(ms, self.dtype))  # upstream's vae.to(dtype)
-        self.geometry = self.vae.geometry if self.vae is not None else geometry_of(cfg.vae)
-        self.latent_size = self.geometry.latent_size((self.num_frames, *self.image_size))
-        self.latent_channels = self.geometry.channels
-        if cfg.loop > 1:
-            self.trim_frames()  # a condition length the VAE cannot map fails before the models load
+        self._set_latent_size()
         self.stats["load_s"]["vae"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -110,14 +110,53 @@ class InferencePipeline:
         if cfg.blockwise and not isinstance(self.model, STDiT3):
             raise ConfigError(f"--blockwise runs STDiT3 models only, not {cfg.model['type']}")
         self.stats["load_s"]["model"] = time.perf_counter() - t0
-
-        sched = dict(cfg.scheduler)
-        if cfg.num_sampling_steps is not None:
-            sched["num_sampling_steps"] = cfg.num_sampling_steps
-        if cfg.cfg_scale is not None:
-            sched["cfg_scale"] = cfg.cfg_scale
-        self.scheduler = components.build_scheduler(sched)
+        self._build_scheduler()
         return self
+
+    def _set_latent_size(self) -> None:
+        self.geometry = self.vae.geometry if self.vae is not None else geometry_of(self.cfg.vae)
+        self.latent_size = self.geometry.latent_size((self.num_frames, *self.image_size))
+        self.latent_channels = self.geometry.channels
+        if self.cfg.loop > 1:
+            self.trim_frames()  # a condition length the VAE cannot map fails before the models load
+
+    def _build_scheduler(self) -> None:
+        sched = dict(self.cfg.scheduler)
+        if self.cfg.num_sampling_steps is not None:
+            sched["num_sampling_steps"] = self.cfg.num_sampling_steps
+        if self.cfg.cfg_scale is not None:
+            sched["cfg_scale"] = self.cfg.cfg_scale
+        self.scheduler = components.build_scheduler(sched)
+
+    # what the loaded models depend on: a request that changes one of these needs another load
+    MODEL_KEYS = ("model", "vae", "text_encoder", "ckpt_path", "dtype", "random_weights_dir", "enable_flash_attn",
+                  "blockwise", "text_embed_folder", "device_target", "mode", "jit_level")
+
+    def share_models(self, loaded: "InferencePipeline") -> "InferencePipeline":
+        """Use the models another pipeline loaded (the web app loads them once; each request is a new pipeline
+        with its own configuration). Sizes, steps, guidance and prompts may differ; what the models were built
+        from may not."""
+        changed = [k for k in self.MODEL_KEYS if self.cfg.get(k) != loaded.cfg.get(k)]
+        if changed:
+            raise ConfigError(f"{', '.join(changed)}: the loaded models were built with other values; "
+                              "restart with them to change them")
+        if loaded.vae is None and self.needs_vae():
+            raise ConfigError("this request needs the VAE, which was not loaded (--no_vae_decode)")
+        self.text_encoder, self.vae, self.model = loaded.text_encoder, loaded.vae, loaded.model
+        self._blockwise = loaded.sampling_model() if self.cfg.blockwise else None
+        self._set_latent_size()
+        fixed = getattr(self.model, "input_size", None)  # STDiT 1.0 is built for one latent size
+        if fixed is not None and None not in fixed and tuple(fixed) != tuple(self.latent_size):
+            raise ConfigError(f"{self.cfg.model['type']} generates the size it was built for only (latent "
+                              f"{tuple(fixed)}); this request needs {tuple(self.latent_size)}")
+        if self.conditioned() and not self.model.frame_conditioning:
+            raise ConfigError(f"{self.cfg.model['type']} takes no frame conditioning (x_mask)")
+        self._build_scheduler()
+        return self
+
+    def _report(self, stage: str, done: int, total: int) -> None:
+        if self.on_progress is not None:
+            self.on_progress(stage, done, total)
 
     # ------------------------------------------------------------------ text
     def _cache_file(self, index: int) -> str:
@@ -224,13 +263,19 @@ class InferencePipeline:
         z = ms.Tensor(z).astype(dtype).astype(ms.float32)  # upstream draws z in the model dtype; sampling is float32
         try:
             out = self.scheduler.sample(self.sampling_model(), z, text, kwargs, mask=mask, generator=gens,
-                                        progress_bar=self.cfg.verbose >= 2, dtype=dtype)
+                                        progress_bar=self._step_progress(), dtype=dtype)
         except NonFiniteError as err:
             raise NonFiniteError(f"{err}: prompt(s) {[indices[r] for r in err.rows]}, sample {k}, loop {loop_i}; "
                                  f"likely cause: {self._nonfinite_cause()}", err.step, err.rows) from None
         out = out.asnumpy()  # wait for the device
         self.stats.setdefault("sample_s", []).append(time.perf_counter() - t0)
         return ms.Tensor(out)
+
+    def _step_progress(self):
+        """What the sampler reports its steps to: the progress hook, else a tqdm bar with --verbose 2."""
+        if self.on_progress is None:
+            return self.cfg.verbose >= 2
+        return lambda done, total: self._report("sampling", done, total)
 
     def _nonfinite_cause(self) -> str:
         if self.dtype == "float16":
@@ -239,6 +284,7 @@ class InferencePipeline:
                 f"(cfg_scale {getattr(self.scheduler, 'cfg_scale', '?')})")
 
     def decode(self, latent: ms.Tensor, indices=None) -> np.ndarray:
+        self._report("decoding", 0, 1)
         t0 = time.perf_counter()
         video = self.vae.decode(latent.astype(getattr(ms, self.dtype)), num_frames=self.num_frames)
         video = video.astype(ms.float32).asnumpy()
@@ -248,6 +294,7 @@ class InferencePipeline:
             raise NonFiniteError(f"the VAE decoded NaN/inf for prompt(s) {which} (finite latents); likely cause: "
                                  f"the VAE's weights, or float16 overflow (dtype {self.cfg.dtype})", rows=rows)
         self.stats.setdefault("decode_s", []).append(time.perf_counter() - t0)
+        self._report("decoding", 1, 1)
         return video
 
     def trim_frames(self) -> int:

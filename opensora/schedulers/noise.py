@@ -45,9 +45,19 @@ def randn(rng, shape) -> ms.Tensor:
     return ms.Tensor(rng.standard_normal(tuple(shape), dtype=np.float32))
 
 
-def progress(iterable, enabled: bool, desc: str, total: int | None = None):
+def progress(iterable, enabled, desc: str, total: int | None = None):
+    """A sampler's step loop: ``enabled`` False (silent), True (a tqdm bar) or a callable ``report(done,
+    total)`` run after each step (the web app's progress bar; raising in it stops the sampler there)."""
+    if callable(enabled):
+        return _reported(iterable, enabled, len(iterable) if total is None else total)
     if not enabled:
         return iterable
     from tqdm import tqdm
 
     return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True)
+
+
+def _reported(iterable, report, total: int):
+    for done, item in enumerate(iterable, 1):
+        yield item
+        report(done, total)  # the loop body of this item has finished

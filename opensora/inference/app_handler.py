@@ -1,0 +1,269 @@
+"""The web app's request handler: a form -> the flags of ``scripts/inference.py`` -> a video.
+
+The models are loaded once (:meth:`AppHandler.load`); each request becomes the command line that
+reproduces it (``python scripts/inference.py --config ... --prompt=... --seed ...``), is parsed and checked
+by the same code as that command (``inference_schema``, ``check_request``: the same errors, the same output
+names and overwrite rules) and runs through the same :class:`InferencePipeline` with the loaded models, so
+the app and the command line write the same video. Requests run one at a time (a lock; the page queues them);
+:meth:`AppHandler.cancel` stops the running one after its current sampling step. No Gradio here
+(``opensora/app/ui.py`` draws the page).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import secrets
+import shlex
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from ..config import ConfigError
+from ..datasets.aspect import aspect_ratio_map, resolutions
+from .options import inference_schema
+
+logger = logging.getLogger(__name__)
+
+SCRIPT = "scripts/inference.py"
+TEXT_TO_VIDEO, TEXT_TO_IMAGE = "text-to-video", "text-to-image"
+IMAGE_TO_VIDEO, FRAMES_TO_VIDEO, EXTEND_VIDEO = "image-to-video", "start and end frames", "extend a video"
+TASKS = (TEXT_TO_VIDEO, TEXT_TO_IMAGE, IMAGE_TO_VIDEO, FRAMES_TO_VIDEO, EXTEND_VIDEO)
+DURATIONS = ("2s", "4s", "8s", "16s")
+CAMERA_MOTIONS = ("pan right", "pan left", "tilt up", "tilt down", "zoom in", "zoom out", "static")
+NAME_PREFIX = "app-"
+SEED_MAX = 2**31 - 1
+
+
+class Cancelled(Exception):
+    """The user pressed Cancel: the run stopped after a sampling step, nothing was written."""
+
+
+@dataclass
+class Form:
+    """One request as the page sends it. ``None`` keeps the config's value (``seed``: a random one)."""
+
+    prompt: str
+    task: str = TEXT_TO_VIDEO
+    neg_prompt: str | None = None
+    start_image: str | None = None  # image-to-video, start and end frames
+    end_image: str | None = None
+    video: str | None = None  # extend a video
+    resolution: str | None = None
+    aspect_ratio: str | None = None
+    duration: str | None = None  # "4s" or a frame count
+    steps: int | None = None
+    guidance: float | None = None
+    seed: int | None = None
+    aes: float | None = None  # 1.2's scores (None: not appended)
+    flow: float | None = None
+    camera_motion: str | None = None
+    name: str | None = None  # --sample-name; None: the next free app-NNNN
+    overwrite: bool = False
+
+
+@dataclass
+class Capabilities:
+    """Which controls apply to the loaded config, and its values (the page's defaults)."""
+
+    tasks: tuple[str, ...]
+    any_size: bool  # STDiT 1.0 is built for one size
+    scores: bool  # 1.2 was trained with aesthetic / motion / camera-motion suffixes
+    image_size: tuple[int, int] | None
+    resolution: str | None
+    aspect_ratio: str | None
+    num_frames: int
+    steps: int
+    guidance: float
+    aes: float | None
+    resolutions: tuple[str, ...] = ()
+    aspect_ratios: tuple[str, ...] = ()
+
+
+def capabilities_of(cfg) -> Capabilities:
+    model_type = str(cfg.model.get("type", ""))
+    frame_conditioning = not model_type.startswith("STDiT-") and cfg.scheduler.get("type") != "dpm-solver"
+    tasks = TASKS if frame_conditioning else (TEXT_TO_VIDEO, TEXT_TO_IMAGE)
+    image_size = tuple(cfg.image_size) if cfg.image_size and None not in cfg.image_size else None
+    return Capabilities(
+        tasks=tasks, any_size=not model_type.startswith("STDiT-"), scores=model_type.startswith("STDiT3"),
+        image_size=image_size, resolution=cfg.resolution, aspect_ratio=cfg.aspect_ratio,
+        num_frames=int(cfg.num_frames),
+        steps=int(cfg.num_sampling_steps or cfg.scheduler.get("num_sampling_steps") or 0),
+        guidance=float(cfg.cfg_scale if cfg.cfg_scale is not None else cfg.scheduler.get("cfg_scale", 0.0)),
+        aes=cfg.aes, resolutions=tuple(resolutions()), aspect_ratios=tuple(aspect_ratio_map()))
+
+
+@dataclass
+class Result:
+    path: str  # the video (.mp4) or image (.png)
+    command: str
+    seconds: float
+
+
+class AppHandler:
+    """Loads the models of ``base_argv`` (``--config FILE`` and overrides) once and serves requests."""
+
+    def __init__(self, base_argv: list[str]):
+        self.base_argv = list(base_argv)
+        self.base = inference_schema().parse(self.base_argv)  # a bad config fails at start, as the script does
+        self.capabilities = capabilities_of(self.base)
+        self.loaded = None
+        self._lock = threading.Lock()
+        self._cancel = threading.Event()
+        self._owner = None
+
+    # ------------------------------------------------------------------ the command line
+    def request_args(self, form: Form) -> list[str]:
+        """The flags that, after ``base_argv``, make ``scripts/inference.py`` do what the form asks."""
+        caps, base = self.capabilities, self.base
+        if form.task not in caps.tasks:
+            raise ConfigError(f"task {form.task!r} is not available with {base.model['type']} "
+                              f"(available: {', '.join(caps.tasks)})")
+        if not (form.prompt or "").strip():
+            raise ConfigError("the prompt is empty: describe the video to generate")
+        args = [f"--prompt={form.prompt.strip()}"]
+        if form.neg_prompt and form.neg_prompt.strip():
+            args.append(f"--neg-prompt={form.neg_prompt.strip()}")
+        args += self._reference_args(form)
+        if form.resolution or form.aspect_ratio:
+            if not caps.any_size:
+                raise ConfigError(f"{base.model['type']} generates the size it was built for only; "
+                                  "leave resolution and aspect ratio at the config's")
+            args += ["--image-size", "null", "--resolution", str(form.resolution or base.resolution),
+                     "--aspect-ratio", str(form.aspect_ratio or base.aspect_ratio)]
+        if form.task == TEXT_TO_IMAGE:
+            args += ["--num-frames", "1"]
+        elif form.duration is not None and str(form.duration).strip():
+            args += ["--num-frames", str(form.duration).strip()]
+        if form.steps is not None:
+            args += ["--num-sampling-steps", str(form.steps)]
+        if form.guidance is not None:
+            args += ["--cfg-scale", str(form.guidance)]
+        seed = form.seed if form.seed is not None else secrets.randbelow(SEED_MAX)
+        args += ["--seed", str(seed)]
+        if caps.scores:
+            args += _score_args(base, form)
+        args += ["--sample-name", form.name.strip() if form.name and form.name.strip() else self.next_name()]
+        if form.overwrite:
+            args += ["--overwrite", "true"]
+        return args
+
+    def _reference_args(self, form: Form) -> list[str]:
+        if form.task == IMAGE_TO_VIDEO:
+            refs, strategy = [_need(form.start_image, "image-to-video needs a start frame: upload an image")], "0"
+        elif form.task == FRAMES_TO_VIDEO:
+            refs = [_need(form.start_image, "start and end frames: upload the start frame"),
+                    _need(form.end_image, "start and end frames: upload the end frame")]
+            strategy = "0;0,1,0,-1,1"  # reference 0 at the first latent frame, reference 1 at the last
+        elif form.task == EXTEND_VIDEO:
+            n = self.base.condition_frame_length  # the last n frames of the video start the new one
+            refs, strategy = [_need(form.video, "extend a video: upload the video to extend")], f"0,0,-{n},0,{n}"
+        else:
+            return []
+        return ["--reference-path", ";".join(self.keep_upload(path) for path in refs), "--mask-strategy", strategy]
+
+    def keep_upload(self, path: str) -> str:
+        """Copy an upload (the page's temporary file) into ``save_dir/references/`` under its content hash, so
+        that the command line shown keeps working. ';' cannot be in it (it separates references)."""
+        with open(path, "rb") as f:
+            digest = hashlib.sha1(f.read()).hexdigest()[:12]
+        ext = re.sub(r"[^A-Za-z0-9.]", "", os.path.splitext(path)[1].lower())
+        folder = os.path.join(self.base.save_dir, "references")
+        os.makedirs(folder, exist_ok=True)
+        target = os.path.join(folder, digest + ext)
+        if not os.path.exists(target):
+            shutil.copyfile(path, target)
+        return os.path.normpath(target)
+
+    def next_name(self) -> str:
+        """``app-NNNN``: one more than the highest number in the output folder."""
+        pattern = re.compile(rf"^{re.escape(NAME_PREFIX)}(\d+)")
+        folder = self.base.save_dir
+        numbers = [int(m.group(1)) for m in map(pattern.match, os.listdir(folder) if os.path.isdir(folder) else [])
+                   if m]
+        return f"{NAME_PREFIX}{max(numbers, default=0) + 1:04d}"
+
+    def command(self, args: list[str]) -> str:
+        return shlex.join(["python", SCRIPT, *self.base_argv, *args])
+
+    # ------------------------------------------------------------------ running
+    def load(self):
+        """Build the models once (from the base configuration; the runtime as the script sets it)."""
+        from ..runtime import init_runtime_from
+        from .pipeline import InferencePipeline
+
+        cfg = inference_schema().parse(self.base_argv + ["--prompt=loading"])
+        init_runtime_from(cfg, seed=cfg.seed)
+        self.loaded = InferencePipeline(cfg, outputs=False).load()
+        return self
+
+    def generate(self, form: Form, progress: Callable[[float, str], None] | None = None, owner=None) -> Result:
+        """Run one request -> the file written. Raises InputError (bad input: nothing ran), RunError, or
+        :class:`Cancelled`. ``progress(fraction, text)`` is called after every sampling step and around decoding."""
+        from ..runtime import set_seed
+        from .pipeline import InferencePipeline
+
+        args = self.request_args(form)
+        cfg = inference_schema().parse(self.base_argv + args)
+        with self._lock:  # one request at a time: the models are shared
+            self._cancel.clear()
+            self._owner = owner
+            try:
+                t0 = time.perf_counter()
+                pipeline = InferencePipeline(cfg)  # every check of the command line, outputs included
+                pipeline.share_models(self.loaded)
+                pipeline.on_progress = _Progress(cfg.loop, progress, self._cancel)
+                set_seed(cfg.seed)  # as the script's runtime set-up does
+                saved = pipeline.run()
+            finally:
+                self._owner = None
+        media = [p for p in saved if p.endswith((".mp4", ".png"))]
+        return Result(media[0], self.command(args), time.perf_counter() - t0)
+
+    def cancel(self, owner=None) -> bool:
+        """Stop the running request after its current step (only the owner's, if given) -> whether one runs."""
+        if not self._lock.locked() or (owner is not None and self._owner not in (None, owner)):
+            return False
+        self._cancel.set()
+        return True
+
+
+class _Progress:
+    """Pipeline events -> (fraction, text); raises :class:`Cancelled` at the first event after Cancel."""
+
+    def __init__(self, loops: int, report, cancel: threading.Event):
+        self.loops, self.report, self.cancel, self.clip = loops, report, cancel, 0
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if self.cancel.is_set():
+            raise Cancelled(f"cancelled during {stage} ({done}/{total}); nothing was written")
+        clip = f" (clip {self.clip + 1}/{self.loops})" if self.loops > 1 else ""
+        if stage == "sampling":
+            fraction, text = (self.clip + 0.9 * done / total) / self.loops, f"sampling step {done}/{total}{clip}"
+        elif done == 0:
+            fraction, text = (self.clip + 0.9) / self.loops, f"decoding{clip}"
+        else:
+            self.clip += 1
+            fraction, text = self.clip / self.loops, f"decoded{clip}"
+        if self.report is not None:
+            self.report(min(fraction, 1.0), text)
+
+
+def _need(path: str | None, message: str) -> str:
+    if not path:
+        raise ConfigError(message)
+    return path
+
+
+def _score_args(base, form: Form) -> list[str]:
+    """1.2's prompt suffixes: each given explicitly when it differs from the config's."""
+    args = []
+    for flag, value, current in (("--aes", form.aes, base.aes), ("--flow", form.flow, base.flow),
+                                 ("--camera-motion", form.camera_motion or None, base.camera_motion)):
+        if value != current:
+            args += [flag, "null" if value is None else str(value)]
+    return args
