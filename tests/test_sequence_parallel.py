@@ -3,8 +3,9 @@ frames' patches are split across the two ranks gives the forward and the gradien
 process (built on each worker beside it, same weights), with and without a text mask, with ``x_mask``, with
 precomputed caption keys/values, for a cropped latent, and refuses a patch count the ranks cannot split.
 
-This file is also the msrun worker: ``python tests/test_sequence_parallel.py worker OUT`` (one launch for
-every check, to pay the start-up once).
+This file is also the msrun worker: ``python tests/test_sequence_parallel.py worker OUT PARTS`` (one launch per
+test, to pay the start-up once). The default test runs graph mode and training; PyNative and sampling are
+``full``.
 """
 from __future__ import annotations
 
@@ -234,29 +235,33 @@ def sample(out_dir: str, name: str, flags: list[str]) -> list[str]:
     return InferencePipeline(cfg).load().run()
 
 
-def _worker(out_dir: str) -> None:
+def _worker(out_dir: str, parts: str) -> None:
+    """``parts``: comma-separated "graph" / "pynative" (the forwards and gradients in that mode), "train", "sample"."""
     import mindspore as ms
 
     from opensora.runtime import init_runtime
 
     rt = init_runtime("CPU", mode="graph", distributed=True, sp_size=2, seed=0)
     result = {"rank": rt.rank_id, "world": rt.device_num, "sp_size": rt.sp_size}
-    for mode in ("graph", "pynative"):
+    parts = parts.split(",")
+    for mode in [m for m in ("graph", "pynative") if m in parts]:
         ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
-        single, split = _models(mode)
         start = time.time()
+        single, split = _models(mode)
         _forward_cases(single, split, result, f"{mode}/")
         _gradient_case(single, split, rt, result, f"{mode}/")
         _mmdit_cases(rt, result, f"{mode}/")
         result[f"{mode}/seconds"] = time.time() - start
     ms.set_context(mode=ms.GRAPH_MODE)
-    start = time.time()
-    flags = ["--use_parallel", "true", "--sp_size", "2", "--outputs", os.path.join(out_dir, "train_sp")]
-    result["train_losses"] = train([*data_flags(os.path.join(out_dir, "data")), *flags], rt)
-    result["train_seconds"] = time.time() - start
-    start = time.time()
-    result["inference_saved"] = sample(out_dir, "infer_sp", ["--use_parallel", "true", "--sp_size", "2"])
-    result["inference_seconds"] = time.time() - start
+    if "train" in parts:
+        start = time.time()
+        flags = ["--use_parallel", "true", "--sp_size", "2", "--outputs", os.path.join(out_dir, "train_sp")]
+        result["train_losses"] = train([*data_flags(os.path.join(out_dir, "data")), *flags], rt)
+        result["train_seconds"] = time.time() - start
+    if "sample" in parts:
+        start = time.time()
+        result["inference_saved"] = sample(out_dir, "infer_sp", ["--use_parallel", "true", "--sp_size", "2"])
+        result["inference_seconds"] = time.time() - start
     with open(os.path.join(out_dir, f"rank{rt.rank_id}.json"), "w") as f:
         json.dump(result, f)
 
@@ -275,29 +280,69 @@ def _checkpoint_diffs(a_dir: str, b_dir: str) -> dict:
     return out
 
 
+def _launch(tmp_path, parts: str) -> list[dict]:
+    from tests.test_train_parallel import run_msrun
+
+    run_msrun([os.path.abspath(__file__), "worker", str(tmp_path), parts], str(tmp_path / "logs"))
+    return [json.load(open(tmp_path / f"rank{r}.json")) for r in range(2)]
+
+
+def _check_ranks(ranks: list[dict]) -> list[str]:
+    """The workers' comparisons (both ranks) within TOL; the lines to print (rank 0's)."""
+    lines = []
+    for r in ranks:
+        assert r["sp_size"] == 2 and r["world"] == 2
+        for key, value in r.items():
+            if key.endswith("mmdit_odd_error"):
+                assert value is not None and "image tokens (T x H/2 x W/2) (3)" in value, f"{key}: {value}"
+            elif key.endswith("odd_error"):
+                assert value is not None and "patches of a frame (H/ph x W/pw) (9)" in value, f"{key}: {value}"
+            elif key.endswith("grads"):
+                assert value["diff"] < TOL and value["loss_diff"] < TOL, f"rank {r['rank']} {key}: {value}"
+                assert value["smallest_grad_scale"] > 1e-4  # no parameter's gradient is trivially zero
+            elif isinstance(value, dict):
+                assert value["scale"] > 0.1, f"{key}: trivial output"
+                assert value["diff"] < TOL, f"rank {r['rank']} {key}: max diff {value['diff']:.2e}"
+            else:
+                continue
+            if r["rank"] == 0 and isinstance(value, dict):
+                lines.append(f"{key} {value['diff']:.1e}")
+    return lines
+
+
 @pytest.mark.msrun
-def test_msrun_sequence_parallel_stdit3_matches_one_process(tmp_path):
+def test_msrun_sequence_parallel_matches_one_process(tmp_path):
+    """Graph mode: STDiT3 and MMDiT forwards and gradients; 3 training steps (scripts/train.py's trainer) give
+    the same losses and checkpoint files as one process."""
     import mindspore as ms
 
     from opensora.runtime import Runtime
-    from tests.test_train_parallel import run_msrun
 
     start = time.time()
     data = make_cached_data(str(tmp_path / "data"))
-    run_msrun([os.path.abspath(__file__), "worker", str(tmp_path)], str(tmp_path / "logs"))
-    ranks = [json.load(open(tmp_path / f"rank{r}.json")) for r in range(2)]
-    # the same training in one process (data written by the workers)
+    ranks = _launch(tmp_path, "graph,train")
     ms.set_context(mode=ms.GRAPH_MODE)
     single_dir = tmp_path / "train_single"
-    losses = train([*data, "--outputs", str(single_dir)],
-                   Runtime("CPU", "graph", "O0"))
+    losses = train([*data, "--outputs", str(single_dir)], Runtime("CPU", "graph", "O0"))
     np.testing.assert_allclose(ranks[0]["train_losses"], losses, rtol=1e-5, atol=1e-6)
     last = f"checkpoints/step_{TRAIN_STEPS:08d}"
     assert sorted(os.listdir(single_dir / last)) == sorted(os.listdir(tmp_path / "train_sp" / last))
     ckpt = _checkpoint_diffs(str(single_dir / last), str(tmp_path / "train_sp" / last))
     assert all(d < TOL for d in ckpt.values()), ckpt
     lines = [f"train {TRAIN_STEPS} steps: " + ", ".join(f"{k} {v:.1e}" for k, v in ckpt.items())]
-    # sampling: rank 0 wrote the video and the latent, rank 1 nothing; both equal the one-process run's
+    lines += _check_ranks(ranks)
+    print(f"\nsequence parallel (2 msrun CPU workers): {', '.join(lines)}; worker graph part "
+          f"{ranks[0]['graph/seconds']:.0f}s, training {ranks[0]['train_seconds']:.0f}s; {time.time() - start:.1f}s")
+
+
+@pytest.mark.msrun
+@pytest.mark.full
+def test_msrun_sequence_parallel_pynative_and_sampling(tmp_path):
+    """PyNative forwards and gradients; scripts/inference.py's pipeline with sp_size 2: rank 0 writes the same
+    latent and video as one process, rank 1 nothing."""
+    start = time.time()
+    ranks = _launch(tmp_path, "pynative,sample")
+    lines = _check_ranks(ranks)
     saved = sample(str(tmp_path), "infer_single", [])
     assert ranks[1]["inference_saved"] == [] and len(ranks[0]["inference_saved"]) == len(saved) == 1
     assert sorted(os.listdir(tmp_path / "infer_sp")) == sorted(os.listdir(tmp_path / "infer_single"))
@@ -311,27 +356,11 @@ def test_msrun_sequence_parallel_stdit3_matches_one_process(tmp_path):
     v_diff = _max_diff(frames[0], frames[1])
     assert frames[0].shape == frames[1].shape and v_diff <= 1, v_diff  # uint8 frames of latents 1e-6 apart
     lines.append(f"sampling latent {z_diff:.1e}, video {v_diff:.0f}/255")
-    for r in ranks:
-        assert r["sp_size"] == 2 and r["world"] == 2
-        for key, value in r.items():
-            if key.endswith("mmdit_odd_error"):
-                assert value is not None and "image tokens (T x H/2 x W/2) (3)" in value, f"{key}: {value}"
-            elif key.endswith("odd_error"):
-                assert value is not None and "patches of a frame (H/ph x W/pw) (9)" in value, f"{key}: {value}"
-            elif key.endswith("grads"):
-                assert value["diff"] < TOL and value["loss_diff"] < TOL, f"rank {r['rank']} {key}: {value}"
-                assert value["smallest_grad_scale"] > 1e-4  # no parameter's gradient is trivially zero
-                if r["rank"] == 0:
-                    lines.append(f"{key} {value['diff']:.1e}")
-            elif isinstance(value, dict):
-                assert value["scale"] > 0.1, f"{key}: trivial output"
-                assert value["diff"] < TOL, f"rank {r['rank']} {key}: max diff {value['diff']:.2e}"
-                if r["rank"] == 0:
-                    lines.append(f"{key} {value['diff']:.1e}")
-    print(f"\nsequence parallel (2 msrun CPU workers): {', '.join(lines)}; "
+    print(f"\nsequence parallel (2 msrun CPU workers): {', '.join(lines)}; worker pynative part "
+          f"{ranks[0]['pynative/seconds']:.0f}s, sampling {ranks[0]['inference_seconds']:.0f}s; "
           f"{time.time() - start:.1f}s")
 
 
-if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "worker":
+if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "worker":
     sys.path.insert(0, ROOT)
-    _worker(sys.argv[2])
+    _worker(sys.argv[2], sys.argv[3])
