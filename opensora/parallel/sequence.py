@@ -6,30 +6,33 @@ samples and each keeps ``1/sp_size`` of every sample's token sequence. Between b
 attention over the whole sequence redistributes by heads (Ulysses): every rank gets the whole sequence for
 ``heads / sp_size`` heads, attends, and sends the results back to the shards.
 
-The four exchanges (cells with their own backward, so training differentiates through them):
+The four exchanges, cells built from a differentiable all-gather (or ``AlltoAll``) and slicing, so that MindSpore's
+automatic differentiation gives their backward:
 
-* :class:`SplitSequence`  whole -> own shard. Backward: gather the shards' gradients, divided by ``sp_size``.
-* :class:`GatherSequence` shards -> whole. Backward: own slice of the gradient, times ``sp_size``.
-* :class:`SequenceToHeads` (shard, all heads) -> (whole sequence, own heads). Backward: :class:`HeadsToSequence`.
-* :class:`HeadsToSequence` the inverse. Backward: :class:`SequenceToHeads`.
+* :class:`SplitSequence`  whole -> own part (a slice).
+* :class:`GatherSequence` parts -> whole (all-gather).
+* :class:`SequenceToHeads` (part, all heads) -> (whole sequence, own heads).
+* :class:`HeadsToSequence` the inverse.
 
-The gradient scales are upstream's (``grad_scale="down"`` at the split, ``"up"`` at the gather): every rank then
-holds ``sp_size`` times its shard's share of a parameter's gradient and the whole gradient of what is computed on
-the whole sequence, so the data-parallel mean over all ``world`` ranks (``training.parallel.GradAverager``) is the
-gradient of the mean loss, as without sequence parallel.
+Gradients: every rank computes the same loss from the gathered output, and the all-gather's backward sums each
+part's gradients over the ranks, so each rank holds ``sp_size`` times its part's share of a parameter's gradient
+and the whole gradient of what is computed on the whole sequence (the scales upstream writes by hand,
+``grad_scale="up"`` at the gather and ``"down"`` at the split). The data-parallel mean over all ``world`` ranks
+(``training.parallel.GradAverager``) is then the gradient of the mean loss, as without sequence parallel.
 
 How the exchanges communicate is chosen once, when the groups are set up, from what the backend has
 (``models.layers.forms``) and logged: ``AlltoAll`` on the group where it exists; otherwise (MindSpore's CPU backend:
-no AlltoAll, and AllGather on the world group only) an ``AllGather`` of the whole tensor, of which each rank keeps
-its group's members (world group) and of those its own part. Same numbers, ``sp_size`` (or ``world``) times the
-traffic.
+no AlltoAll, no ReduceScatter, and collectives on the world group only) an all-gather of the whole tensor (an
+``AllReduce`` of each rank's slot on the CPU), of which each rank keeps its group's members (world group) and of
+those its part. Same numbers, ``sp_size`` (or ``world``) times the traffic.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 
-from mindspore import nn, ops
+import numpy as np
+from mindspore import Tensor, nn, ops
 from mindspore.ops import constexpr
 
 from ..models.layers import forms
@@ -55,6 +58,7 @@ class SequenceGroups:
     dp_rank: int
     comm_group: str = ""
     comm_size: int = 1
+    comm_rank: int = 0
     members: tuple = (0, 1)
     exchange: str = "all_gather"
 
@@ -97,34 +101,29 @@ def init_sequence_parallel(sp_size: int, rank: int, world: int) -> SequenceGroup
     from mindspore.communication import GlobalComm, create_group
 
     if sp_size == world:
-        comm_group, comm_size, members = GlobalComm.WORLD_COMM_GROUP, world, (0, sp_size)
+        comm_group, comm_size, comm_rank, members = GlobalComm.WORLD_COMM_GROUP, world, rank, (0, sp_size)
     elif forms.subgroup_collectives_available():
-        comm_group, comm_size, members = f"sequence_parallel_{dp_rank}", sp_size, (0, sp_size)
+        comm_group, comm_size, comm_rank, members = f"sequence_parallel_{dp_rank}", sp_size, sp_rank, (0, sp_size)
         create_group(comm_group, ranks)
     else:
-        comm_group, comm_size, members = GlobalComm.WORLD_COMM_GROUP, world, (first, first + sp_size)
+        comm_group, comm_size, comm_rank, members = GlobalComm.WORLD_COMM_GROUP, world, rank, (first, first + sp_size)
     exchange = "all_to_all" if forms.all_to_all_available() and comm_size == sp_size else "all_gather"
-    _CURRENT = SequenceGroups(sp_size, sp_rank, dp_size, dp_rank, comm_group, comm_size, members, exchange)
-    logger.info("sequence parallel: %d groups of %d ranks (rank %d: group %d, part %d); head exchange by %s on %s",
-                dp_size, sp_size, rank, dp_rank, sp_rank, exchange, comm_group)
+    _CURRENT = SequenceGroups(sp_size, sp_rank, dp_size, dp_rank, comm_group, comm_size, comm_rank, members,
+                              exchange)
+    logger.info("sequence parallel: %d groups of %d ranks (rank %d: group %d, part %d); heads exchanged by %s, "
+                "gathers by %s, on %s", dp_size, sp_size, rank, dp_rank, sp_rank, exchange,
+                "all_gather" if forms.reduce_scatter_available() else "all_reduce", comm_group)
     return _CURRENT
 
 
 # ------------------------------------------------------------------------------------------------------------
-# the arithmetic of the exchanges (functions of the cells' constants, so that construct and bprop share them)
+# the exchanges: compositions of a differentiable all-gather (or AlltoAll) and slicing, so that MindSpore's own
+# automatic differentiation gives their backward (custom ``bprop`` cells fail to compile functional ops on the
+# CPU backend's graph mode)
 # ------------------------------------------------------------------------------------------------------------
-def _members(x, all_gather, comm_size: int, pick):
-    """The group members' tensors, each shaped like ``x``, stacked on a new axis 0; ``pick``: None when the
-    communication group is the sequence-parallel group, else (sizes, index) of the world gather's split."""
-    g = all_gather(x).reshape((comm_size,) + x.shape)
-    if pick is not None:
-        g = ops.split(g, pick[0], 0)[pick[1]]
-    return g
-
-
 def _part(x, axis: int, parts: int, index: int):
     """Part ``index`` of ``parts`` equal parts of ``x`` along ``axis``."""
-    return ops.split(x, x.shape[axis] // parts, axis)[index]  # (ops.narrow fails inside a bprop graph)
+    return ops.split(x, x.shape[axis] // parts, axis)[index]
 
 
 def _concat_members(g, axis: int):
@@ -133,7 +132,12 @@ def _concat_members(g, axis: int):
 
 
 class _Exchange(nn.Cell):
-    """The constants and the collective every exchange holds."""
+    """The constants and the collective every exchange holds, and the group's all-gather.
+
+    The all-gather must be differentiable: its adjoint sums each slot's gradients over the ranks (a
+    ReduceScatter, MindSpore's backward of ``AllGather``). The CPU backend has no ReduceScatter, so there
+    the gather is an ``AllReduce`` (sum) of this rank's tensor placed in its slot of zeros, whose backward
+    is an AllReduce too: the same numbers, the whole gathered tensor in traffic."""
 
     def __init__(self, groups: SequenceGroups):
         super().__init__()
@@ -145,47 +149,55 @@ class _Exchange(nn.Cell):
         self.pick = None
         if (first, last) != (0, self.comm_size):  # the world group stands in for this group: keep its members
             self.pick = (tuple(n for n in (first, last - first, self.comm_size - last) if n > 0), 1 if first else 0)
-        self.all_gather = ops.AllGather(group=groups.comm_group)
+        self.by_all_reduce = not forms.reduce_scatter_available()
+        if self.by_all_reduce:
+            self.all_reduce = ops.AllReduce(ops.ReduceOp.SUM, group=groups.comm_group)
+            onehot = np.zeros((self.comm_size,), np.float32)
+            onehot[groups.comm_rank] = 1.0
+            self.slot = Tensor(onehot)
+        else:
+            self.all_gather = ops.AllGather(group=groups.comm_group)
         self.by_all_to_all = groups.exchange == "all_to_all"
-        self.group = groups.comm_group
 
-    def _gather(self, x, axis: int):
-        return _concat_members(_members(x, self.all_gather, self.comm_size, self.pick), axis)
-
-    def _split(self, x, axis: int):
-        return _part(x, axis, self.sp, self.rank)
+    def _members(self, x):
+        """The group members' tensors, each shaped like ``x``, stacked on a new axis 0."""
+        if self.by_all_reduce:
+            slot = self.slot.astype(x.dtype).reshape((self.comm_size,) + (1,) * len(x.shape))
+            g = self.all_reduce(ops.expand_dims(x, 0) * slot)
+        else:
+            g = self.all_gather(x).reshape((self.comm_size,) + x.shape)
+        if self.pick is not None:
+            g = ops.split(g, self.pick[0], 0)[self.pick[1]]
+        return g
 
 
 class SplitSequence(_Exchange):
-    """Whole sequence (same on every rank of the group) -> this rank's shard along ``axis``."""
+    """Whole sequence (the same on every rank of the group) -> this rank's part along ``axis``. No
+    communication: its backward leaves the other parts' gradients to their ranks, and the data-parallel mean
+    over the ranks adds them up (each rank's gradient of what comes after the split is ``sp_size`` times its
+    share, see the module docstring)."""
 
     def __init__(self, groups: SequenceGroups, axis: int):
         super().__init__(groups)
         self.axis = axis
 
     def construct(self, x):
-        return self._split(x, self.axis)
-
-    def bprop(self, x, out, dout):
-        return (self._gather(dout, self.axis) / self.sp,)
+        return _part(x, self.axis, self.sp, self.rank)
 
 
 class GatherSequence(_Exchange):
-    """The group's shards along ``axis`` -> the whole sequence on every rank of the group."""
+    """The group's parts along ``axis`` -> the whole sequence on every rank of the group."""
 
     def __init__(self, groups: SequenceGroups, axis: int):
         super().__init__(groups)
         self.axis = axis
 
     def construct(self, x):
-        return self._gather(x, self.axis)
-
-    def bprop(self, x, out, dout):
-        return (self._split(dout, self.axis) * self.sp,)
+        return _concat_members(self._members(x), self.axis)
 
 
 class _HeadExchange(_Exchange):
-    """Between (shard of the sequence, all heads) and (whole sequence, 1/sp of the heads) of a tensor with the
+    """Between (part of the sequence, all heads) and (whole sequence, 1/sp of the heads) of a tensor with the
     sequence on ``seq_axis`` and the heads on ``head_axis`` (both non-negative)."""
 
     def __init__(self, groups: SequenceGroups, seq_axis: int, head_axis: int):
@@ -195,33 +207,19 @@ class _HeadExchange(_Exchange):
             self.to_heads = ops.AlltoAll(self.sp, head_axis, seq_axis, group=groups.comm_group)
             self.to_sequence = ops.AlltoAll(self.sp, seq_axis, head_axis, group=groups.comm_group)
 
-    def _sequence_to_heads(self, x):
-        if self.by_all_to_all:
-            return self.to_heads(x)
-        g = _members(x, self.all_gather, self.comm_size, self.pick)
-        return _concat_members(_part(g, self.head_axis + 1, self.sp, self.rank), self.seq_axis)
-
-    def _heads_to_sequence(self, x):
-        if self.by_all_to_all:
-            return self.to_sequence(x)
-        g = _members(x, self.all_gather, self.comm_size, self.pick)
-        return _concat_members(_part(g, self.seq_axis + 1, self.sp, self.rank), self.head_axis)
-
 
 class SequenceToHeads(_HeadExchange):
     def construct(self, x):
-        return self._sequence_to_heads(x)
-
-    def bprop(self, x, out, dout):
-        return (self._heads_to_sequence(dout),)
+        if self.by_all_to_all:
+            return self.to_heads(x)
+        return _concat_members(_part(self._members(x), self.head_axis + 1, self.sp, self.rank), self.seq_axis)
 
 
 class HeadsToSequence(_HeadExchange):
     def construct(self, x):
-        return self._heads_to_sequence(x)
-
-    def bprop(self, x, out, dout):
-        return (self._sequence_to_heads(dout),)
+        if self.by_all_to_all:
+            return self.to_sequence(x)
+        return _concat_members(_part(self._members(x), self.seq_axis + 1, self.sp, self.rank), self.head_axis)
 
 
 @constexpr

@@ -81,6 +81,12 @@ def all_to_all_available() -> bool:
     return backend() != "CPU"
 
 
+def reduce_scatter_available() -> bool:
+    """``ReduceScatter`` (the backward of ``AllGather``): not on the CPU backend, where a differentiable all-gather
+    is an AllReduce instead (``opensora/parallel/sequence.py``)."""
+    return backend() != "CPU"
+
+
 def subgroup_collectives_available() -> bool:
     """Collectives on a group smaller than the world: the CPU backend's AllGather takes the world group only."""
     return backend() != "CPU"
