@@ -23,6 +23,7 @@ from dataclasses import MISSING, dataclass, fields
 import mindspore as ms
 from mindspore import nn, ops
 
+from ...parallel.sequence import check_divisible
 from ...config import ConfigError, check_kwargs
 from ...dtypes import canonical, to_ms_dtype
 from ...utils.checkpoint import CheckpointError, KeyReport, load_into, read_checkpoint
@@ -142,7 +143,7 @@ class MMDiTModel(nn.Cell):
         self.sequence_groups = self.split_tokens = self.gather_tokens = None
         self.sp_size = 1
         if config.enable_sequence_parallelism:
-            from ...parallel.sequence import GatherSequence, SplitSequence, check_divisible, current_groups
+            from ...parallel.sequence import GatherSequence, SplitSequence, current_groups
 
             groups = current_groups()
             if groups.enabled:  # each rank: 1/sp of the text and 1/sp of the image tokens
