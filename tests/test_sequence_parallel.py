@@ -76,15 +76,18 @@ def _grads(net, inputs, target):
             super().__init__()
             self.model = model
 
-        def construct(self, x, timestep, y, mask, x_mask, fps, height, width, target):
-            out = self.model(x, timestep, y, mask=mask, x_mask=x_mask, fps=fps, height=height, width=width)
+        def construct(self, x, timestep, y, mask, x_mask, fps, height, width, target, keep):
+            # keep: force_drop_ids of zeros, so that training mode drops no caption at random
+            out = self.model(x, timestep, y, mask=mask, x_mask=x_mask, fps=fps, height=height, width=width,
+                             force_drop_ids=keep)
             return ((out - target) ** 2).mean()
 
     loss_net = Loss(net)
     params = net.trainable_params()
     fn = ms.value_and_grad(loss_net, None, params)
     loss, grads = fn(inputs["x"], inputs["timestep"], inputs["y"], inputs["mask"], inputs["x_mask"],
-                     inputs["fps"], inputs["height"], inputs["width"], target)
+                     inputs["fps"], inputs["height"], inputs["width"], target,
+                     ms.Tensor(np.zeros(inputs["x"].shape[0], np.int32)))
     return float(loss.asnumpy()), {p.name: g.asnumpy() for p, g in zip(params, grads)}
 
 
