@@ -2,10 +2,14 @@
 
     python benchmarks/train.py --sizes tiny medium --modes graph pynative --recompute both --out report.json
     msrun --worker_num=2 --local_worker_num=2 benchmarks/train.py --sizes medium --use_parallel --zero_stage 1
+    msrun --worker_num=2 --local_worker_num=2 benchmarks/train.py --sizes medium --modes graph --recompute off \
+        --use_parallel --sp_size 2          # sequence parallel: each sample's tokens split over the 2 ranks
 
 Random weights and random inputs (cached-latent training: no VAE); the step is the one training runs
 (loss -> grads -> [AllReduce] -> clip -> AdamW -> EMA, both sharded under ZeRO-1). Under msrun every rank
-reports its own optimizer-state and EMA sizes and peak RSS (``rank{r}`` in the output file name).
+reports its own optimizer-state and EMA sizes and peak RSS (``rank{r}`` in the output file name), and
+``step_rss_gib``: how much the resident memory grew from the built model to the peak of the steps (the
+activations and the compiled step's working memory; with ``--sp_size`` 2 each rank holds half the tokens).
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import PeakMemory, host_info, summarize, write_report  # noqa: E402
+from benchmarks.common import PeakMemory, host_info, rss_bytes, summarize, write_report  # noqa: E402
 
 SIZES = {
     # model kwargs, latent (C, T, H, W) = pixel frames x (8 H) x (8 W), batch size
@@ -29,7 +33,7 @@ SIZES = {
 }
 
 
-def build_step(size: str, recompute: bool, zero_stage: int, world: int, rank: int):
+def build_step(size: str, recompute: bool, zero_stage: int, world: int, rank: int, sp_size: int = 1):
     import mindspore as ms
 
     from opensora.models.registry import MODELS
@@ -42,7 +46,7 @@ def build_step(size: str, recompute: bool, zero_stage: int, world: int, rank: in
     spec = SIZES[size]
     ms.set_seed(0)
     model = MODELS.build({"type": "STDiT3-XL/2", "qk_norm": True, "input_sq_size": 64, **spec["model"],
-                          "grad_checkpointing": recompute})
+                          "grad_checkpointing": recompute, "enable_sequence_parallelism": sp_size > 1})
     model.set_train(True)
     sched = RFlow(use_timestep_transform=True, sample_method="logit-normal")
     loss = DiffusionLoss(model, sched)
@@ -53,7 +57,7 @@ def build_step(size: str, recompute: bool, zero_stage: int, world: int, rank: in
     step = TrainStep(loss, opt, clip_grad=1.0, ema=ema, world=world)
     c, t, h, w = spec["latent"]
     b = spec["batch"]
-    rng = np.random.default_rng(rank)
+    rng = np.random.default_rng(rank // sp_size)  # a sequence-parallel group shares its samples
     batch = {"x0": rng.standard_normal((b, c, t, h, w)).astype(np.float32),
              "text_emb": rng.standard_normal((b, spec["model"]["model_max_length"],
                                              spec["model"]["caption_channels"])).astype(np.float32),
@@ -66,12 +70,13 @@ def build_step(size: str, recompute: bool, zero_stage: int, world: int, rank: in
     return step, opt, ema, inputs, b, n_params
 
 
-def run_case(size, mode, recompute, steps, zero_stage=0, world=1, rank=0):
+def run_case(size, mode, recompute, steps, zero_stage=0, world=1, rank=0, sp_size=1):
     import mindspore as ms
 
     ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
     with PeakMemory() as mem:
-        step, opt, ema, inputs, batch, n_params = build_step(size, recompute, zero_stage, world, rank)
+        step, opt, ema, inputs, batch, n_params = build_step(size, recompute, zero_stage, world, rank, sp_size)
+        built = rss_bytes()
         lr = ms.Tensor(1e-4, ms.float32)
         start = time.perf_counter()
         step(lr, *inputs)[0].asnumpy()  # compile (graph) / warm-up (pynative)
@@ -83,9 +88,10 @@ def run_case(size, mode, recompute, steps, zero_stage=0, world=1, rank=0):
             times.append(time.perf_counter() - start)
     stats = summarize(times)
     return {"size": size, "mode": mode, "recompute": recompute, "zero_stage": zero_stage, "world": world,
+            "sp_size": sp_size, "step_rss_gib": round((mem.peak - built) / 2 ** 30, 3),
             "rank": rank, "params": n_params, "batch_per_rank": batch, "first_step_s": round(first, 3),
             **{k: round(v, 4) if isinstance(v, float) else v for k, v in stats.items()},
-            "samples_per_s": round(batch * world / stats["median_s"], 3),
+            "samples_per_s": round(batch * world / sp_size / stats["median_s"], 3),
             "optimizer_state_mib": round(opt.state_bytes() / 2 ** 20, 2),
             "ema_state_mib": round(ema.state_bytes() / 2 ** 20, 2), "peak_rss_gib": round(mem.peak_gb, 3)}
 
@@ -112,13 +118,14 @@ def run(argv=None):
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--use_parallel", action="store_true", help="under msrun: data parallel")
     parser.add_argument("--zero_stage", type=int, default=0, choices=[0, 1])
+    parser.add_argument("--sp_size", type=int, default=1, help="under msrun: sequence parallel group size")
     parser.add_argument("--out", default=None, help="JSON report path")
     args = parser.parse_args(argv)
 
     from opensora.runtime import default_env, init_runtime
 
     default_env()
-    rt = init_runtime("CPU", mode="graph", distributed=args.use_parallel, seed=0)
+    rt = init_runtime("CPU", mode="graph", distributed=args.use_parallel, seed=0, sp_size=args.sp_size)
     recompute = {"on": [True], "off": [False], "both": [False, True]}[args.recompute]
     cases = [(s, m, rc) for s in args.sizes for m in args.modes for rc in recompute]
     results = []
@@ -126,7 +133,8 @@ def run(argv=None):
         if len(cases) > 1 and not args.use_parallel:
             results.append(_isolated(size, mode, rc, args.steps))  # own process: peak RSS of this case only
         else:
-            results.append(run_case(size, mode, rc, args.steps, args.zero_stage, rt.device_num, rt.rank_id))
+            results.append(run_case(size, mode, rc, args.steps, args.zero_stage, rt.device_num, rt.rank_id,
+                                    rt.sp_size))
         print(results[-1], flush=True)
     out = args.out
     if out and rt.device_num > 1:

@@ -36,6 +36,9 @@ class Runtime:
     rank_id: int = 0
     device_num: int = 1
     builtin_optimizer_parallel: bool = False  # MindSpore shards the optimizer state (Ascend/GPU), not ZeRO-1 here
+    sp_size: int = 1  # ranks per sequence-parallel group (they hold the same samples)
+    dp_rank: int = 0  # which data-parallel group (of sp_size ranks) this rank is in
+    dp_size: int = 1
 
     @property
     def distributed(self) -> bool:
@@ -66,6 +69,7 @@ def init_runtime(
     parallel_mode: str = "data",
     debug: bool = False,
     builtin_optimizer_parallel: bool = False,
+    sp_size: int = 1,
 ) -> Runtime:
     """Set device, mode, jit level, seed and (under msrun) the communication group.
 
@@ -75,6 +79,8 @@ def init_runtime(
     gradient averaging. Optimizer sharding (ZeRO-1) is done by ``opensora.training.parallel`` on top of plain
     collectives, which every backend has; ``builtin_optimizer_parallel=True`` asks MindSpore's own
     (``enable_parallel_optimizer``, Ascend/GPU only) instead: untested here, there is no such device.
+    ``sp_size`` > 1 (distributed only): sequence parallel groups of that many ranks
+    (:func:`opensora.parallel.sequence.init_sequence_parallel`); data parallel runs across the groups.
     """
     global _CURRENT
     if device_target not in DEVICE_TARGETS:
@@ -121,6 +127,12 @@ def init_runtime(
                 raise ValueError(f"MindSpore's built-in optimizer parallel runs on Ascend/GPU, not {device_target}: "
                                  "use the collective ZeRO-1 (zero_impl: collective)")
             ms.set_auto_parallel_context(enable_parallel_optimizer=True)
+    from .parallel.sequence import init_sequence_parallel, reset_sequence_parallel
+
+    reset_sequence_parallel()
+    if sp_size > 1 and not distributed:
+        raise ValueError(f"sp_size {sp_size} splits sequences across ranks: run under msrun with --use_parallel True")
+    groups = init_sequence_parallel(sp_size, rank_id, device_num)
     if seed is not None:
         set_seed(seed)
     # MindSpore installs its SIGINT handler when it first runs an operator: run one now, then restore the
@@ -129,10 +141,10 @@ def init_runtime(
     reclaim_signal_handlers()
 
     _CURRENT = Runtime(device_target, mode, jit_level, rank_id, device_num,
-                       builtin_optimizer_parallel and distributed)
+                       builtin_optimizer_parallel and distributed, groups.sp_size, groups.dp_rank, groups.dp_size)
     logger.info(
-        "runtime: device=%s mode=%s jit=%s rank=%d/%d", device_target, mode, jit_level, rank_id, device_num
-    )
+        "runtime: device=%s mode=%s jit=%s rank=%d/%d sp_size=%d", device_target, mode, jit_level, rank_id,
+        device_num, groups.sp_size)
     return _CURRENT
 
 

@@ -5,6 +5,8 @@
     python scripts/inference.py --config configs/opensora/inference/stdit_256x256x16.yaml \
         --ckpt_path models/OpenSora-v1-16x256x256.ckpt --prompt_path prompts.txt
     python scripts/inference.py --config configs/tiny/inference/sample_t2v.yaml   # random tiny models, CPU
+    msrun --worker_num=2 --local_worker_num=2 --join=True scripts/inference.py --config ... \
+        --use_parallel True --sp_size 2        # sequence parallel: each video's tokens split over 2 devices
     # Open-Sora 2.0 (a config with a sampling_option section), upstream's flags
     python scripts/inference.py --config configs/opensora-v2/inference/t2i2v_256px.yaml --save-dir samples \
         --prompt "A rainy scene by the sea"
@@ -49,7 +51,7 @@ def main(argv=None) -> int:
     if not pipeline.request.todo:
         print(f"Inference finished: all {skipped} sample(s) already exist in {cfg.save_dir}; nothing to do")
         return 0
-    init_runtime_from(cfg, seed=cfg.seed)
+    init_runtime_from(cfg, seed=cfg.seed, distributed=cfg.use_parallel, sp_size=cfg.sp_size)
     saved = pipeline.load().run()
     print(f"Inference finished: {len(saved)} file(s) written to {cfg.save_dir}"
           + (f", {skipped} finished sample(s) kept" if skipped else ""))

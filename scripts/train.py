@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     check_config(cfg)  # before any compile or data reading
     check_outputs(cfg)  # a writable folder that holds no other run (unless --resume continues it)
     runtime = init_runtime_from(cfg, seed=cfg.seed, max_device_memory=cfg.max_device_memory,
-                                distributed=cfg.use_parallel,
+                                distributed=cfg.use_parallel, sp_size=cfg.sp_size,
                                 builtin_optimizer_parallel=cfg.zero_stage == 1 and cfg.zero_impl == "builtin")
     trainer = build_trainer(cfg, runtime)
     if cfg.resume:

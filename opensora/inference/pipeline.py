@@ -48,6 +48,9 @@ logger = logging.getLogger(__name__)
 
 
 
+MODELS_WITH_SEQUENCE_PARALLEL = ("STDiT3-XL/2", "STDiT3-3B/2")
+
+
 class InferencePipeline:
     """Holds the built components; :meth:`run` samples every prompt. ``stats`` collects timings."""
 
@@ -64,6 +67,8 @@ class InferencePipeline:
         # progress hook (the web app's progress bar and Cancel): on_progress(stage, done, total) after each
         # sampling step ("sampling") and around decoding ("decoding", 0/1 then 1/1); raising in it stops the run
         self.on_progress = None
+        self.sp_size = int(cfg.get("sp_size") or 1)
+        self.writes = True  # rank 0 writes the outputs (sequence parallel: every rank samples the same videos)
 
     # ------------------------------------------------------------------ building
     def conditioned(self) -> bool:
@@ -98,6 +103,9 @@ class InferencePipeline:
         t0 = time.perf_counter()
         model_cfg = dict(cfg.model)
         model_cfg.setdefault("dtype", self.dtype)
+        if self.sp_size > 1:
+            self._check_sequence_parallel()
+            model_cfg["enable_sequence_parallelism"] = True
         if cfg.enable_flash_attn is not None:
             model_cfg["enable_flash_attn" if "enable_flashattn" not in model_cfg else "enable_flashattn"] = \
                 cfg.enable_flash_attn
@@ -327,9 +335,11 @@ class InferencePipeline:
             mask = apply_mask_strategy(z, batch_refs, strategies, loop_i, cfg.align)
             latent = self.sample(self.text_condition(loop_texts, indices), z, mask, indices, k, loop_i)
             latents.append(latent)
-            if self.vae is not None and not cfg.no_vae_decode:
+            if self.vae is not None and not cfg.no_vae_decode and (self.writes or loop_i + 1 < cfg.loop):
                 clips.append(self.decode(latent, indices))
         saved = []
+        if not self.writes:  # another rank writes these samples
+            return saved
         if cfg.save_latent or cfg.no_vae_decode:
             saved += self.save_latents(latents[-1], jobs)
         if clips:
@@ -342,6 +352,19 @@ class InferencePipeline:
                     print(f"Saved to {saved[-1]}", flush=True)
             self.stats.setdefault("save_s", []).append(time.perf_counter() - t0)
         return saved
+
+    def _check_sequence_parallel(self):
+        from ..runtime import current_runtime
+
+        rt = current_runtime()
+        if rt.sp_size != self.sp_size or rt.device_num != self.sp_size:
+            raise ConfigError(f"sp_size {self.sp_size} splits every video across all msrun ranks: run under msrun "
+                              f"with {self.sp_size} workers and --use_parallel True (this run has "
+                              f"{rt.device_num} rank(s))")
+        if self.cfg.model.get("type") not in MODELS_WITH_SEQUENCE_PARALLEL:
+            raise ConfigError(f"sp_size > 1: {self.cfg.model.get('type')} has no sequence parallel path "
+                              f"({', '.join(MODELS_WITH_SEQUENCE_PARALLEL)} have)")
+        self.writes = rt.is_main_process
 
     def save_latents(self, latent: ms.Tensor, jobs: list[SampleOutput]) -> list[str]:
         arr, written = latent.asnumpy(), []
@@ -373,7 +396,7 @@ class InferencePipeline:
                 jobs = [todo[(i, k)] for i in batch if (i, k) in todo]
                 if jobs:
                     saved += self.run_batch(jobs, refs)
-        missing = [f for job in todo.values() for f in job.files if not os.path.isfile(f)]
+        missing = [f for job in todo.values() for f in job.files if not os.path.isfile(f)] if self.writes else []
         if missing:
             raise RunError(f"{len(missing)} planned output file(s) were not written: {missing[:5]}")
         return saved

@@ -37,6 +37,9 @@ def check_config(cfg: Config) -> None:
             not forms.builtin_optimizer_parallel_available(cfg.device_target):
         raise ConfigError("zero_impl builtin (MindSpore's enable_parallel_optimizer) runs on Ascend/GPU only; "
                           "use zero_impl collective on the CPU")
+    if cfg.sp_size > 1 and (not cfg.use_parallel or not str(cfg.model.get("type", "")).startswith("STDiT3")):
+        raise ConfigError(f"sp_size {cfg.sp_size}: sequence parallel trains STDiT3 models under msrun with "
+                          f"--use_parallel True (model: {cfg.model.get('type')}, use_parallel: {cfg.use_parallel})")
     if canonical(cfg.dtype) == "bfloat16" and not forms.bfloat16_compute_available(cfg.device_target):
         raise ConfigError("dtype bf16 has no CPU kernels in MindSpore; use fp32 (or fp16) on the CPU")
     if not cfg.text_embed_folder:
@@ -96,10 +99,12 @@ def check_outputs(cfg: Config) -> None:
     prepare_output_dir(cfg.outputs, "--outputs")
 
 
-def build_model(cfg: Config):
+def build_model(cfg: Config, sequence_parallel: bool = False):
     from ..models.registry import MODELS
 
     kwargs = dict(cfg.model)
+    if sequence_parallel:  # the runtime set up the groups; the model splits each sample's tokens across them
+        kwargs["enable_sequence_parallelism"] = True
     kwargs.setdefault("dtype", canonical(cfg.dtype))
     kwargs.setdefault("weights_dtype", "float32")  # float32 master weights; the layers compute in dtype
     if kwargs["type"].startswith("STDiT-") and not kwargs.get("input_size"):
@@ -191,13 +196,16 @@ def _latent_frames_fn(cfg: Config):
 def build_trainer(cfg: Config, runtime) -> Trainer:
     check_config(cfg)
     rank, world = runtime.rank_id, runtime.device_num
+    # sequence parallel: the sp_size ranks of a group hold the same samples (data rank = group), the same noise
+    sp_size = getattr(runtime, "sp_size", 1)
+    data_rank, data_world = rank // sp_size, world // sp_size
     from ..runtime import set_seed
 
     set_seed(cfg.seed)  # the model's initial weights are the same on every rank and every run
-    model = build_model(cfg)
+    model = build_model(cfg, sequence_parallel=sp_size > 1)
     scheduler = build_scheduler(cfg)
     vae = build_vae(cfg)
-    loader = build_loader(cfg, rank, world)
+    loader = build_loader(cfg, data_rank, data_world)
     y_embedder = getattr(model, "y_embedder", None)
     opts = TrainOptions(
         output_dir=cfg.outputs, max_steps=cfg.max_steps, epochs=cfg.epochs, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
@@ -211,4 +219,5 @@ def build_trainer(cfg: Config, runtime) -> Trainer:
         class_dropout_prob=float(getattr(y_embedder, "uncond_prob", 0.0) or 0.0), mask_ratios=cfg.mask_ratios,
         progress_bar=cfg.progress_bar and runtime.rank_id == 0,
         extra_meta={"config": cfg.config, "model": cfg.model.get("type")})
-    return Trainer(model, scheduler, loader, opts, vae=vae, rank=rank, world=world)
+    return Trainer(model, scheduler, loader, opts, vae=vae, rank=rank, world=world, data_rank=data_rank,
+                   data_world=data_world)

@@ -98,9 +98,12 @@ class Trainer:
     (None when the loader yields cached latents)."""
 
     def __init__(self, model: nn.Cell, scheduler, loader, opts: TrainOptions, vae=None, rank: int = 0,
-                 world: int = 1):
+                 world: int = 1, data_rank: int | None = None, data_world: int | None = None):
         self.model, self.scheduler, self.loader, self.opts, self.vae = model, scheduler, loader, opts, vae
         self.rank, self.world = rank, world
+        # whose samples and noise this rank draws: its own, or (sequence parallel) its group's
+        self.data_rank = rank if data_rank is None else data_rank
+        self.data_world = world if data_world is None else data_world
         from .mask_generator import MaskGenerator
 
         masks = MaskGenerator(opts.mask_ratios) if opts.mask_ratios else None
@@ -214,7 +217,7 @@ class Trainer:
 
     def _one_step(self, batch: dict, log: StepLogger) -> None:
         opts = self.opts
-        rng = np.random.default_rng([opts.seed, 7, self.global_step, self.rank])
+        rng = np.random.default_rng([opts.seed, 7, self.global_step, self.data_rank])
         start = time.perf_counter()
         batch["x0"] = self.latents(batch, rng)
         inputs = self.step_inputs(batch, rng)
@@ -229,7 +232,7 @@ class Trainer:
                                  f"too high (lr {opts.lr:g}) or float16 overflow: lower --lr, or enable loss scaling "
                                  "(--loss_scaler_type dynamic)", step=self.global_step)
         self.losses.append(loss)
-        batch_size = batch["x0"].shape[0] * self.world
+        batch_size = batch["x0"].shape[0] * self.data_world
         log.log(step=self.global_step, epoch=self.epoch, loss=loss, lr=lr, step_time_s=elapsed,
                 samples_per_s=batch_size / elapsed, loss_scale=float(scale.asnumpy()),
                 grad_norm=float(norm.asnumpy()), finite=bool(finite.asnumpy()))

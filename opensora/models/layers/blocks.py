@@ -98,14 +98,23 @@ class Attention(nn.Cell):
     non-None value, as upstream passes a function) when the cell applies rotary embeddings; the
     (cos, sin) tables are passed to ``construct``. ``qk_norm_legacy`` (STDiT2) applies RoPE *before*
     the norm, as Open-Sora 1.1 did. The 1/sqrt(d) scale is folded into q before the product.
+    ``sequence_parallel`` (:class:`opensora.parallel.sequence.SequenceGroups`): ``construct`` receives this rank's
+    shard of each sequence and attends over the whole sequence with its share of the heads (Ulysses).
     """
 
     def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False, qk_norm: bool = False,
                  attn_drop: float = 0.0, proj_drop: float = 0.0, norm_layer=RMSNorm,
-                 enable_flash_attn: bool = False, rope=None, qk_norm_legacy: bool = False):
+                 enable_flash_attn: bool = False, rope=None, qk_norm_legacy: bool = False, sequence_parallel=None):
         super().__init__()
         self.dim = dim
         _init_heads(self, dim, num_heads, attn_drop, proj_drop, enable_flash_attn)
+        self.to_heads = self.to_sequence = None
+        if sequence_parallel is not None:  # tokens sharded across ranks: attend over the whole sequence by heads
+            from ...parallel.sequence import HeadsToSequence, SequenceToHeads, check_divisible
+
+            check_divisible(0, num_heads, sequence_parallel.sp_size, "sequence")
+            self.to_heads = SequenceToHeads(sequence_parallel, seq_axis=3, head_axis=2)  # stacked (3, B, H, N, D)
+            self.to_sequence = HeadsToSequence(sequence_parallel, seq_axis=2, head_axis=1)
         self.qkv = Linear(dim, dim * 3, bias=qkv_bias)
         self.qk_norm = bool(qk_norm)
         if qk_norm:
@@ -124,7 +133,11 @@ class Attention(nn.Cell):
         # split on the feature axis, then one transpose per tensor: indexing the stacked (3, B, H, N, D)
         # layout runs a StridedSlice per tensor that costs ~8x as much on the CPU backend
         q, k, v = (_split_heads(t, self.num_heads) for t in ops.split(self.qkv(x), c, axis=-1))
+        if self.to_heads is not None:  # one exchange for the three
+            q, k, v = ops.unstack(self.to_heads(ops.stack((q, k, v))), 0)
         out = self._attend(q, k, v, rope)
+        if self.to_sequence is not None:
+            out = self.to_sequence(out)
         return self.proj(out.transpose(0, 2, 1, 3).reshape(b, n, c))
 
     def over_frames(self, x, rope=None):

@@ -75,6 +75,23 @@ def builtin_optimizer_parallel_available(device_target: str | None = None) -> bo
     return (device_target or backend()) in ("Ascend", "GPU")
 
 
+def all_to_all_available() -> bool:
+    """MindSpore's ``AlltoAll`` collective: not on the CPU backend (checked under msrun, MindSpore 2.10), where
+    sequence parallel exchanges heads by AllGather instead (``opensora/parallel/sequence.py``)."""
+    return backend() != "CPU"
+
+
+def reduce_scatter_available() -> bool:
+    """``ReduceScatter`` (the backward of ``AllGather``): not on the CPU backend, where a differentiable all-gather
+    is an AllReduce instead (``opensora/parallel/sequence.py``)."""
+    return backend() != "CPU"
+
+
+def subgroup_collectives_available() -> bool:
+    """Collectives on a group smaller than the world: the CPU backend's AllGather takes the world group only."""
+    return backend() != "CPU"
+
+
 def reused_graph(cls):
     """``cls`` (a block cell class) such that every instance shares one compiled graph: on Ascend a subclass
     whose ``__init__`` is ``mindspore.lazy_inline``'d, so a whole model of many blocks compiles the block once

@@ -70,21 +70,36 @@ class JointAttention(nn.Cell):
     (``math.py``): the rotation in float32, cast back; flash-attn's default scale 1/sqrt(D), which here the
     caller has folded into q (the query norm's weight)."""
 
-    def __init__(self, rope_halves: bool, use_flash: bool):
+    def __init__(self, rope_halves: bool, use_flash: bool, sequence_parallel=None):
         super().__init__()
         self.use_flash = use_flash
         self._rope_tables = forms.ROPE_TABLES.chosen()
         self._rotate = (forms.ROTATE_HALVES if rope_halves else forms.ROTATE_PAIRS).chosen()
+        self.to_heads = self.to_sequence = None
+        if sequence_parallel is not None:  # q/k/v stacked (3, B, L, H, D); the output (B, L, H, D)
+            from ...parallel.sequence import HeadsToSequence, SequenceToHeads
 
-    def construct(self, q, k, v, rope):
-        """q, k, v (B, L, H, D) -> (B, L, H·D); ``rope``: (cos, sin, matrix), cos/sin (B or 1, L, D)."""
-        cos, sin, matrix = rope
+            self.to_heads = SequenceToHeads(sequence_parallel, seq_axis=2, head_axis=3)
+            self.to_sequence = HeadsToSequence(sequence_parallel, seq_axis=1, head_axis=2)
+
+    def construct(self, q, k, v, rope, n_txt=None):
+        """q, k, v (B, L, H, D) -> (B, L, H·D); ``rope``: (cos, sin, matrix), cos/sin (B or 1, L, D).
+        Sequence parallel: q, k, v are this rank's ``n_txt`` text tokens then its image tokens; the whole
+        cat(txt, img) is attended with this rank's heads, the result returned for the local tokens."""
         b, n, h, d = q.shape
-        cos, sin = self._rope_tables(cos.reshape(-1, n, 1, d), sin.reshape(-1, n, 1, d), q.shape)  # for q and k
+        if self.to_heads is not None:
+            txt, img = ops.split(ops.stack((q, k, v)), (n_txt, n - n_txt), axis=2)
+            q, k, v = ops.unstack(ops.cat((self.to_heads(txt), self.to_heads(img)), axis=2), 0)
+        cos, sin, matrix = rope
+        nq = q.shape[1]
+        cos, sin = self._rope_tables(cos.reshape(-1, nq, 1, d), sin.reshape(-1, nq, 1, d), q.shape)  # for q and k
         q, k = self._rotary(q, cos, sin, matrix), self._rotary(k, cos, sin, matrix)
         out = attention(q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), None, 1.0,
-                        self.use_flash)
-        return out.transpose(0, 2, 1, 3).reshape(b, n, h * d)
+                        self.use_flash).transpose(0, 2, 1, 3)
+        if self.to_sequence is not None:
+            txt, img = ops.split(out, (n_txt * (nq // n), nq - n_txt * (nq // n)), axis=1)
+            out = ops.cat((self.to_sequence(txt), self.to_sequence(img)), axis=1)
+        return out.reshape(b, n, h * d)
 
     def _rotary(self, x, cos, sin, matrix):
         h = x.astype(ms.float32)
@@ -125,11 +140,12 @@ class DoubleStreamBlock(nn.Cell):
     """Image and text streams with their own weights, one joint attention over cat(txt, img)."""
 
     def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float, qkv_bias: bool = False,
-                 fused_qkv: bool = True, dtype=ms.float32, rope_halves: bool = False, use_flash: bool = False):
+                 fused_qkv: bool = True, dtype=ms.float32, rope_halves: bool = False, use_flash: bool = False,
+                 sequence_parallel=None):
         super().__init__()
         mlp_hidden_dim = int(hidden_size * mlp_ratio)
         self.num_heads, self.hidden_size = num_heads, hidden_size
-        self.attention = JointAttention(rope_halves, use_flash)
+        self.attention = JointAttention(rope_halves, use_flash, sequence_parallel)
         self._gate = forms.GATE.chosen()
 
         def mlp():
@@ -153,7 +169,7 @@ class DoubleStreamBlock(nn.Cell):
         img_q, img_k, img_v = self.img_attn.qkv_of(self.img_norm1.modulate(img, img_shift1, img_scale1))
         txt_q, txt_k, txt_v = self.txt_attn.qkv_of(self.txt_norm1.modulate(txt, txt_shift1, txt_scale1))
         out = self.attention(ops.cat((txt_q, img_q), axis=1), ops.cat((txt_k, img_k), axis=1),
-                             ops.cat((txt_v, img_v), axis=1), rope)
+                             ops.cat((txt_v, img_v), axis=1), rope, txt.shape[1])
         txt_out, img_out = ops.split(out, (txt.shape[1], img.shape[1]), axis=1)
 
         img = img + self._gate(img_gate1, self.img_attn.proj(img_out))
@@ -169,13 +185,14 @@ class SingleStreamBlock(nn.Cell):
     Its linears always have biases (upstream ignores ``qkv_bias`` here)."""
 
     def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, qk_scale: float | None = None,
-                 fused_qkv: bool = True, dtype=ms.float32, rope_halves: bool = False, use_flash: bool = False):
+                 fused_qkv: bool = True, dtype=ms.float32, rope_halves: bool = False, use_flash: bool = False,
+                 sequence_parallel=None):
         super().__init__()
         # qk_scale: accepted as upstream's keyword, unused there too (its attention scales by 1/sqrt(D))
         self.hidden_size, self.num_heads, self.head_dim = hidden_size, num_heads, hidden_size // num_heads
         self.fused_qkv = fused_qkv
         self.mlp_hidden_dim = int(hidden_size * mlp_ratio)
-        self.attention = JointAttention(rope_halves, use_flash)
+        self.attention = JointAttention(rope_halves, use_flash, sequence_parallel)
         self._gate = forms.GATE.chosen()
         if fused_qkv:
             self.linear1 = Linear(hidden_size, hidden_size * 3 + self.mlp_hidden_dim, dtype=dtype)
@@ -188,7 +205,8 @@ class SingleStreamBlock(nn.Cell):
         self.pre_norm = LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.modulation = Modulation(hidden_size, double=False, dtype=dtype)
 
-    def construct(self, x, vec, rope):
+    def construct(self, x, vec, rope, n_txt=None):
+        """x (B, L, C) text then image tokens; ``n_txt``: how many are text (sequence parallel: locally)."""
         shift, scale, gate = self.modulation(vec)
         x_mod = self.pre_norm.modulate(x, shift, scale)
         c = self.hidden_size
@@ -199,7 +217,7 @@ class SingleStreamBlock(nn.Cell):
             v, mlp = ops.split(self.v_mlp(x_mod), (c, self.mlp_hidden_dim), axis=-1)
         q, k, v = _heads(q, self.num_heads), _heads(k, self.num_heads), _heads(v, self.num_heads)
         q, k = self.norm(q, k, v.dtype, self.head_dim ** -0.5)
-        attn = self.attention(q, k, v, rope)
+        attn = self.attention(q, k, v, rope, n_txt)
         return x + self._gate(gate, self.linear2(ops.cat((attn, gelu_tanh(mlp)), axis=-1)))
 
 

@@ -23,6 +23,7 @@ from dataclasses import MISSING, dataclass, fields
 import mindspore as ms
 from mindspore import nn, ops
 
+from ...parallel.sequence import check_divisible
 from ...config import ConfigError, check_kwargs
 from ...dtypes import canonical, to_ms_dtype
 from ...utils.checkpoint import CheckpointError, KeyReport, load_into, read_checkpoint
@@ -45,7 +46,9 @@ class MMDiTConfig:
     upstream), plus this port's ``dtype`` (the parameters' and activations' dtype: float32 / bf16 / fp16).
 
     ``grad_ckpt_settings`` (n_double, n_single): recompute the first n blocks of each kind in the backward.
-    ``from_pretrained`` / ``cache_dir`` are read by the builder :func:`Flux`.
+    ``from_pretrained`` / ``cache_dir`` are read by the builder :func:`Flux`. ``enable_sequence_parallelism``
+    (upstream sets it in its ColossalAI plugin): split the text and the image tokens across the runtime's
+    sequence-parallel group (``opensora.parallel.sequence``).
     """
 
     in_channels: int
@@ -68,6 +71,7 @@ class MMDiTConfig:
     from_pretrained: str | None = None
     cache_dir: str | None = None
     dtype: str = "float32"
+    enable_sequence_parallelism: bool = False
     model_type = "MMDiT"
 
     @classmethod
@@ -90,7 +94,10 @@ class MMDiTConfig:
 
 class MMDiTModel(nn.Cell):
     """The MMDiT: ``double_blocks`` (separate image/text weights, joint attention), then ``single_blocks``
-    over cat(txt, img), then ``final_layer`` on the image tokens.
+    over cat(txt, img), then ``final_layer`` on the image tokens. With sequence parallel each rank holds 1/sp of
+    the text tokens and 1/sp of the image tokens (their own order), and the joint attention exchanges heads so
+    that it attends over the whole cat(txt, img) (the RoPE tables are the whole sequence's): upstream's
+    all-to-all mode, which cuts the joint sequence into equal parts instead (the same numbers).
 
     Inputs as upstream (``img`` already packed: (B, L, in_channels), (T, H/2, W/2) patches of 2x2):
     ``img_ids`` (B, L, 3) and ``txt_ids`` (B, N, 3) integer (t, h, w) positions (text: zeros), ``txt`` (B, N,
@@ -133,7 +140,19 @@ class MMDiTModel(nn.Cell):
         if self.cond_embed:
             self.cond_in = Linear(self.in_channels + self.patch_size ** 2, hidden, dtype=dtype)
         self.txt_in = Linear(config.context_in_dim, hidden, dtype=dtype)
-        block_kw = dict(fused_qkv=config.fused_qkv, dtype=dtype, rope_halves=self.use_liger_rope, use_flash=use_flash)
+        self.sequence_groups = self.split_tokens = self.gather_tokens = None
+        self.sp_size = 1
+        if config.enable_sequence_parallelism:
+            from ...parallel.sequence import GatherSequence, SplitSequence, current_groups
+
+            groups = current_groups()
+            if groups.enabled:  # each rank: 1/sp of the text and 1/sp of the image tokens
+                check_divisible(0, self.num_heads, groups.sp_size, "sequence")
+                self.sequence_groups, self.sp_size = groups, groups.sp_size
+                self.split_tokens = SplitSequence(groups, axis=1)
+                self.gather_tokens = GatherSequence(groups, axis=1)
+        block_kw = dict(fused_qkv=config.fused_qkv, dtype=dtype, rope_halves=self.use_liger_rope, use_flash=use_flash,
+                        sequence_parallel=self.sequence_groups)
         self.double_blocks = nn.CellList([
             DoubleStreamBlock(hidden, self.num_heads, config.mlp_ratio, qkv_bias=config.qkv_bias, **block_kw)
             for _ in range(config.depth)])
@@ -211,15 +230,22 @@ class MMDiTModel(nn.Cell):
             img = img + conditioning[4]
         vec = self.time_in(self._embed_scalar(timesteps)) + vec_cond
         rope = (cos, sin, self.pe_embedder.rotate_half)
+        if self.split_tokens is not None:  # sequence parallel: this rank's part of the text and of the image
+            check_divisible(txt.shape[1], -1, self.sp_size, "text tokens")
+            check_divisible(img.shape[1], -1, self.sp_size, "image tokens (T x H/2 x W/2)")
+            txt, img = self.split_tokens(txt), self.split_tokens(img)
 
         for block in self.double_blocks:
             img, txt = block(img, txt, vec, rope)
         n_txt, n_img = txt.shape[1], img.shape[1]
         x = ops.cat((txt, img), axis=1)
         for block in self.single_blocks:
-            x = block(x, vec, rope)
+            x = block(x, vec, rope, n_txt)
         _, img = ops.split(x, (n_txt, n_img), axis=1)
-        return self.final_layer(img, vec)
+        img = self.final_layer(img, vec)
+        if self.gather_tokens is not None:
+            img = self.gather_tokens(img)
+        return img
 
     # ------------------------------------------------------------------------------------ weights
     def load_pretrained(self, path: str) -> KeyReport:

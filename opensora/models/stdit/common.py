@@ -3,7 +3,8 @@ handling, the conditioning prepared once per prompt batch, per-block recompute a
 
 Upstream flags accepted at the model boundary so that upstream configs carry over unchanged, and not
 threaded any further: ``enable_layernorm_kernel`` (apex's fused LayerNorm: ours is one formulation
-already), ``enable_sequence_parallelism`` (ColossalAI sequence parallelism: True raises). ``enable_flash_attn``
+already), ``enable_sequence_parallelism`` (STDiT3: sequence parallel over the runtime's groups, see
+``opensora/parallel/sequence.py``; the others raise). ``enable_flash_attn``
 (``enable_flashattn`` in 1.0) selects flash attention where the device has it (math attention elsewhere).
 """
 from __future__ import annotations
@@ -123,9 +124,10 @@ class STDiTBase(nn.Cell):
 
     def __init__(self, cfg: ModelConfig, enable_flash_attn: bool):
         super().__init__()
+        self.sequence_groups, self.sp_size = None, 1
+        self.split_tokens = self.gather_tokens = None
         if getattr(cfg, "enable_sequence_parallelism", False):
-            raise NotImplementedError("enable_sequence_parallelism (ColossalAI) is not available in this port; "
-                                      "use data parallel training (msrun) instead")
+            self._enable_sequence_parallel()
         if cfg.hidden_size % cfg.num_heads:
             raise ValueError(f"hidden_size ({cfg.hidden_size}) must be divisible by num_heads ({cfg.num_heads})")
         self.config = cfg
@@ -138,6 +140,21 @@ class STDiTBase(nn.Cell):
         self.depth = cfg.depth
         self.enable_flash_attn = bool(enable_flash_attn)
         self.attention_path = "flash" if use_flash_attention(enable_flash_attn) else "math"  # logged once
+
+    supports_sequence_parallel = False
+
+    def _enable_sequence_parallel(self):
+        """Tokens (B, T, S, C) split on S across the sequence-parallel group set up by the runtime."""
+        from ...parallel.sequence import GatherSequence, SplitSequence, current_groups
+
+        if not self.supports_sequence_parallel:
+            raise NotImplementedError(f"enable_sequence_parallelism: {type(self).__name__} has no sequence "
+                                      "parallel path in this port (STDiT3 has)")
+        groups = current_groups()
+        if groups.enabled:  # with sp_size 1 the flag changes nothing
+            self.sequence_groups, self.sp_size = groups, groups.sp_size
+            self.split_tokens = SplitSequence(groups, axis=2)
+            self.gather_tokens = GatherSequence(groups, axis=2)
 
     def _finish_init(self, freeze=None):
         """After the cells exist: upstream's initialisation, the weights' dtype, freezing, and the training
@@ -250,6 +267,8 @@ class STDiTBase(nn.Cell):
         """Final layer and unpatchify (1.1, 1.2): tokens (B, T, S, C) -> float32 (B, out_channels, T, H, W);
         ``sizes``: latent token grid (nt, nh, nw) and input size (T, H, W)."""
         nt, nh, nw, tx, hx, wx = sizes
+        if self.gather_tokens is not None:  # sequence parallel: the whole sequence again, on every rank
+            x = self.gather_tokens(x)
         x = self.final_layer(x, t, x_mask, t0)
         x = self.unpatchify(x, nt, nh, nw, tx, hx, wx)
         return x.astype(ms.float32)

@@ -15,6 +15,7 @@ from ..layers.embeddings import (CaptionEmbedder, PatchEmbed3D, PositionEmbeddin
 from ..layers.init import init_linears_, normal_, zeros_
 from ..layers.nn import Linear, SiLU
 from ..registry import MODELS
+from ...parallel.sequence import check_divisible
 from .common import FrameBlock, ModelConfig, STDiTBase, build_pretrained
 
 
@@ -23,11 +24,13 @@ class STDiT3Block(FrameBlock):
     block on (B, T, S, C) tokens. ``rope`` (constructor): use rotary embeddings (temporal blocks)."""
 
     def __init__(self, hidden_size, num_heads, mlp_ratio=4.0, drop_path=0.0, rope=None, qk_norm=False,
-                 temporal=False, enable_flash_attn=False):
+                 temporal=False, enable_flash_attn=False, sequence_parallel=None):
         super().__init__(hidden_size, num_heads, mlp_ratio, drop_path, enable_flash_attn)
         self.temporal = temporal
+        # sequence parallel shards the S patches: temporal attention (over T) stays local, spatial exchanges heads
         self.attn = Attention(hidden_size, num_heads=num_heads, qkv_bias=True, qk_norm=qk_norm, rope=rope,
-                              enable_flash_attn=enable_flash_attn)
+                              enable_flash_attn=enable_flash_attn,
+                              sequence_parallel=None if temporal else sequence_parallel)
 
     def construct(self, x, y, t, mask=None, x_mask=None, t0=None, rope=None, kv=None):
         """x (B, T, S, C); y (B, L, C) caption tokens or None when ``kv`` (precomputed) is given;
@@ -64,7 +67,14 @@ class STDiT3(STDiTBase):
     upstream (other keyword arguments are ignored, as upstream's), plus ``y_kv`` (from
     :meth:`precompute_y_kv`, block order: spatial 0..depth-1 then temporal 0..depth-1) and ``force_drop_ids``
     (caption dropout). Returns float32 (B, out_channels, T, H, W).
+
+    ``enable_sequence_parallelism`` (upstream's key): the model splits each frame's patches across the ranks of
+    its sequence-parallel group (``opensora.parallel.sequence``, set up by the runtime with ``sp_size``), as
+    upstream 1.2: every layer but spatial self attention works on the local patches; the forward's result is
+    whole on every rank.
     """
+
+    supports_sequence_parallel = True
 
     def __init__(self, config: STDiT3Config | None = None, **kwargs):
         if config is not None and kwargs:
@@ -84,7 +94,8 @@ class STDiT3(STDiTBase):
         self.y_embedder = CaptionEmbedder(cfg.caption_channels, hidden, cfg.class_dropout_prob,
                                           token_num=cfg.model_max_length)
         drop_path = np.linspace(0, cfg.drop_path, cfg.depth).tolist()
-        common = dict(mlp_ratio=cfg.mlp_ratio, qk_norm=cfg.qk_norm, enable_flash_attn=cfg.enable_flash_attn)
+        common = dict(mlp_ratio=cfg.mlp_ratio, qk_norm=cfg.qk_norm, enable_flash_attn=cfg.enable_flash_attn,
+                      sequence_parallel=self.sequence_groups)
         block = forms.reused_graph(STDiT3Block)  # Ascend: one compiled graph per block kind, reused
         self.spatial_blocks = nn.CellList([
             block(hidden, cfg.num_heads, drop_path=drop_path[i], **common) for i in range(cfg.depth)])
@@ -174,6 +185,9 @@ class STDiT3(STDiTBase):
 
         # === tokens (B, T, S, C) ===
         x = self.x_embedder(x).reshape(b, nt, ns, self.hidden_size) + pos_emb.reshape(1, 1, ns, self.hidden_size)
+        if self.split_tokens is not None:  # sequence parallel: this rank's share of each frame's patches
+            check_divisible(ns, -1, self.sp_size, "patches of a frame (H/ph x W/pw)")
+            x = self.split_tokens(x)
         return {"tokens": x, "cond": cond, "t": t, "t_mlp": t_mlp, "t0": t0, "t0_mlp": t0_mlp,
                 "mask": text_attention_mask(mask, b), "rope": self.rope.tables(nt, dtype), "y_kv": y_kv,
                 "sizes": (nt, nh, nw, tx, hx, wx)}

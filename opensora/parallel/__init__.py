@@ -1,0 +1,1 @@
+"""Parallelism beyond data parallel: sequence parallel (``sequence.py``)."""
