@@ -52,7 +52,10 @@ def exit_status(err: BaseException) -> int:
         _say("interrupted (SIGINT): finished outputs are kept, no partial file is left")
         return EXIT_SIGINT
     if isinstance(err, Interrupted):
-        _say(f"terminated ({signal.Signals(err.signum).name}): finished outputs are kept, no partial file is left")
+        # MindSpore's C++ SIGINT handler, installed again by every graph run, ends the process with SIGTERM:
+        # a Ctrl-C during graph-mode work arrives here (runtime.py reclaims the handlers for the rest)
+        _say(f"terminated ({signal.Signals(err.signum).name}; also Ctrl-C while MindSpore runs a graph): finished "
+             "outputs are kept, no partial file is left")
         return EXIT_SIGTERM
     if isinstance(err, (InputError, RunError)):
         if _show_traceback():
