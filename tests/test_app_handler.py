@@ -97,6 +97,7 @@ def test_text_to_image_and_names(handler):
     assert handler.next_name() != first
 
 
+@pytest.mark.extended  # suite time: a further case of a class the default suite checks (make test-full)
 def test_extend_a_video_and_start_and_end_frames(handler, tmp_path):
     source = handler.generate(Form(prompt="a cat walks along the river.", seed=5)).path
     image = tmp_path / "frame.png"

@@ -63,6 +63,7 @@ def test_rflow_with_renoised_reference(weights, tmp_path):
     _batch_sizes_agree(pipe, tmp_path)
 
 
+@pytest.mark.extended  # suite time: a further case of a class the default suite checks (make test-full)
 @pytest.mark.parametrize("scheduler", ["{type: iddpm, num_sampling_steps: 3, cfg_scale: 7.0}",
                                        "{type: dpm-solver, num_sampling_steps: 3, cfg_scale: 7.0}"])
 def test_iddpm_and_dpm_solver(weights, tmp_path, scheduler):

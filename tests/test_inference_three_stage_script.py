@@ -13,7 +13,8 @@ from opensora.datasets.video_io import read_video
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize("config", ["sample_v1_0.yaml", pytest.param("sample_v1_1.yaml", marks=pytest.mark.extended)])
+@pytest.mark.extended  # suite time: the stages' equality is in the default suite (test_inference_e2e, 1.2 and 2.0)
+@pytest.mark.parametrize("config", ["sample_v1_0.yaml", "sample_v1_1.yaml"])
 def test_three_stage_script_equals_one_process(config, tmp_path):
     config = os.path.join(ROOT, "configs/tiny/inference", config)
     prompts = tmp_path / "prompts.txt"

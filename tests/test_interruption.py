@@ -119,6 +119,7 @@ def test_sampling(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------- caching
+@pytest.mark.extended  # suite time: a further case of a class the default suite checks (make test-full)
 def test_caching(tmp_path):
     from opensora.datasets.embedding_cache import read_text_embedding
     from opensora.inference.components import text_encoder_cfg
@@ -167,6 +168,7 @@ def train_data(tmp_path_factory):
     return root
 
 
+@pytest.mark.extended  # suite time: a further case of a class the default suite checks (make test-full)
 def test_checkpoint_write(train_data, tmp_path):
     import mindspore as ms
 

@@ -2,6 +2,7 @@
 block i copied in before its call) gives the model's PyNative forward (itself parity-tested against
 the PyTorch reference in test_stdit_parity.py), also on a second call (the copies restore block 0)."""
 import numpy as np
+import pytest
 
 import mindspore as ms
 
@@ -9,6 +10,7 @@ from opensora.inference.blockwise import BlockwiseRunner
 from tests.fixtures.tiny_stdit import build_tiny, tiny_inputs
 
 
+@pytest.mark.extended  # suite time: a further case of a class the default suite checks (make test-full)
 def test_blockwise_runner_equals_forward():
     ms.set_seed(0)
     net = build_tiny("STDiT3")

@@ -84,7 +84,7 @@ OPTIONS = [
     *runtime_options(),
     Option("use_parallel", str2bool, False, "under msrun: one process per device (needed by sp_size > 1)"),
     Option("sp_size", int, 1, "sequence parallel (STDiT3): split each video's tokens across this many msrun "
-           "ranks (all of them); rank 0 writes the outputs"),
+           "ranks (all of them); rank 0 writes the outputs", min=1, max=4096),
     Option("enable_flash_attn", optional(str2bool), None, "overrides model.enable_flash_attn", aliases=("flash_attn",)),
 ]
 

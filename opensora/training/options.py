@@ -41,7 +41,7 @@ OPTIONS = [
     Option("seed", int, 42, "seed of everything (data order, noise, timesteps, masks)", **SEED_RANGE),
     Option("use_parallel", str2bool, False, "data parallel under msrun (one process per device)"),
     Option("sp_size", int, 1, "sequence parallel (STDiT3, with use_parallel): each sample's tokens split across "
-           "groups of this many ranks; data parallel across the groups"),
+           "groups of this many ranks; data parallel across the groups", min=1, max=4096),
     Option("zero_stage", int, 0, "0: every rank keeps the full optimizer state; 1: ZeRO-1 sharded optimizer state",
            choices=(0, 1)),
     Option("zero_impl", str, "collective", "ZeRO-1 by the project's collectives (every backend) or MindSpore's "
