@@ -41,10 +41,10 @@ import numpy as np
 import mindspore as ms
 
 from ...config import ConfigError
-from ...errors import NonFiniteError, RunError
 from ...datasets import aspect_v2
 from ...dtypes import canonical, to_ms_dtype
 from ...datasets.embedding_cache import read_text_embedding
+from ...errors import NonFiniteError, RunError
 from ...models.vae.geometry import geometry_of
 from ...schedulers import flow_v2
 from ...utils.files import write_text_atomically
@@ -256,7 +256,8 @@ class PipelineV2:
             for s in range(0, len(self.rows), cfg.batch_size):
                 rows = [r for r in self.rows[s:s + cfg.batch_size] if (r.index, k) in todo]
                 if rows:
-                    out.append(Batch(rows, k, [self.processed(r) for r in rows], [todo[(r.index, k)].base for r in rows]))
+                    paths = [todo[(r.index, k)].base for r in rows]
+                    out.append(Batch(rows, k, [self.processed(r) for r in rows], paths))
         return out
 
     def write_prompts(self, path: str) -> int:
