@@ -61,7 +61,7 @@ if [ "$V2" = 1 ]; then
     python scripts/infer_t5.py --t5 "$T5_CFG" --clip "$CLIP_CFG" --dtype "$DTYPE" \
         --prompt_path "$OUT/prompts_scored.txt" --output_dir "$OUT/text_embed"
     python scripts/infer_t5.py --t5 "$T5_CFG" --clip "$CLIP_CFG" --dtype "$DTYPE" \
-        --prompt_path "$OUT/prompts_scored.neg.txt" --output_dir "$OUT/text_embed/neg"
+        --prompt_path "$OUT/prompts_scored.neg.txt" --empty_prompts true --output_dir "$OUT/text_embed/neg"
 else
     python scripts/infer_t5.py --t5_model_dir "$T5_DIR" --model_max_length "$T5_LEN" \
         --prompt_path "$OUT/prompts_scored.txt" --output_dir "$OUT/text_embed"

@@ -51,6 +51,8 @@ SCHEMA = Schema([
     Option("prompt_path", optional(str), None, "txt file, one prompt per line"),
     Option("csv_path", optional(str), None, "csv with a text/caption column and a path/video column"),
     Option("prompt", str, None, "one or more prompts", nargs="+"),
+    Option("empty_prompts", str2bool, False, "every line of --prompt_path is one prompt, blank ones too: Open-Sora "
+                                             "2.0's negative prompts ('' by default), the .neg.txt of --write_prompts"),
     Option("output_dir", optional(str), None, "folder of the npz files", aliases=("output_path",)),
     Option("t5_model_dir", optional(str), None, "DeepFloyd/t5-v1_1-xxl directory (converted model.ckpt or "
                                                 ".safetensors) or a converted .ckpt next to config + tokenizer"),
@@ -95,9 +97,14 @@ def collect_items(cfg) -> tuple[list[tuple[str, str]], bool]:
         raise ConfigError("--output_dir is required")
     if cfg.csv_path:
         return read_csv_items(cfg.csv_path, cfg.output_dir), False
-    prompts = load_prompts(cfg.prompt_path) if cfg.prompt_path else [str(p).strip() for p in cfg.prompt]
+    if cfg.prompt_path and cfg.empty_prompts:
+        from opensora.utils.files import read_text
+
+        prompts = [line.strip() for line in read_text(cfg.prompt_path, "prompt file").splitlines()]
+    else:
+        prompts = load_prompts(cfg.prompt_path) if cfg.prompt_path else [str(p).strip() for p in cfg.prompt]
     empty = [i for i, p in enumerate(prompts) if not p]
-    if empty:
+    if empty and not cfg.empty_prompts:
         raise ConfigError(f"--prompt: prompt(s) {empty} are empty")
     return [(os.path.join(cfg.output_dir, f"{i:04d}.npz"), p) for i, p in enumerate(prompts)], True
 

@@ -72,20 +72,26 @@ def config_first(argv: list[str]) -> list[str]:
 
 
 def main_v2(argv) -> int:
-    """Open-Sora 2.0: every input is checked (sizes, frames, prompts, references, weights) before a model loads."""
+    """Open-Sora 2.0: every input is checked (sizes, frames, prompts, references, weights, output files) before a
+    model loads; the same output rules, flags and exit statuses as 1.x."""
     from opensora.inference.v2.options import parse_v2
     from opensora.inference.v2.pipeline import PipelineV2
     from opensora.runtime import init_runtime_from
 
     cfg = parse_v2(argv)
-    pipeline = PipelineV2(cfg)
+    pipeline = PipelineV2(cfg)  # every check that needs no model, the output files included
     if cfg.write_prompts:
         count = pipeline.write_prompts(cfg.write_prompts)
         print(f"wrote {count} prompt(s) to {cfg.write_prompts}")
         return 0
+    skipped = len(pipeline.plan) - len(pipeline.todo)
+    if not pipeline.todo:
+        print(f"Inference finished: all {skipped} sample(s) already exist in {cfg.save_dir}; nothing to do")
+        return 0
     init_runtime_from(cfg, seed=cfg.seed)
     saved = pipeline.run()
-    print(f"Inference finished: {len(saved)} sample(s) in {cfg.save_dir}")
+    print(f"Inference finished: {len(saved)} sample(s) written to {cfg.save_dir}"
+          + (f", {skipped} finished sample(s) kept" if skipped else ""))
     return 0
 
 

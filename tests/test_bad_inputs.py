@@ -21,6 +21,7 @@ TINY = os.path.join(ROOT, "configs/tiny/inference/sample_t2v.yaml")
 TINY_V1_0 = os.path.join(ROOT, "configs/tiny/inference/sample_v1_0.yaml")
 TINY_V1_1 = os.path.join(ROOT, "configs/tiny/inference/sample_v1_1.yaml")
 TRAIN = os.path.join(ROOT, "configs/tiny/train_stdit3.yaml")
+TINY_V2 = os.path.join(ROOT, "configs/tiny/inference/sample_v2.yaml")
 
 
 def _main(name):
@@ -202,6 +203,128 @@ def test_conditioning_the_model_cannot_do(call, files, tmp_path, config, extra, 
     assert code == 2 and message in err, err
 
 
+# ---------------------------------------------------------------------------------------------- inference 2.0
+def _inference_v2(files, out, *extra, weights=None):
+    """Random weights go to ``files/weights_v2`` (checked to stay absent: nothing was built) unless ``weights``."""
+    return ("scripts.inference", "--config", TINY_V2, "--random_weights_dir", weights or files / "weights_v2",
+            "--save_dir", out, "--mode", "pynative", "--verbose", "0", *extra)
+
+
+V2_CASES = [
+    # (id, argv after the common ones, message): every numeric option and sampling_option entry has a range
+    ("steps0", ["--prompt", "a", "--num-steps", "0"], "num_steps"),
+    ("steps-entry0", ["--prompt", "a", "--sampling_option.num_steps", "0"], "sampling_option.num_steps"),
+    ("guidance-nan", ["--prompt", "a", "--guidance", "nan"], "guidance"),
+    ("guidance-entry-inf", ["--prompt", "a", "--sampling_option.guidance", "inf"], "sampling_option.guidance"),
+    ("guidance-img-neg", ["--prompt", "a", "--guidance-img", "-1"], "guidance_img"),
+    ("guidance-img-nan", ["--prompt", "a", "--sampling_option.guidance_img", "nan"], "sampling_option.guidance_img"),
+    ("motion-huge", ["--prompt", "a", "--motion-score", "1e9"], "motion_score"),
+    ("motion-nan", ["--prompt", "a", "--motion-score", "nan"], "motion_score"),
+    ("frames-over", ["--prompt", "a", "--num_frames", "133"], "num_frames"),
+    ("frames0", ["--prompt", "a", "--num_frames", "0"], "num_frames"),
+    ("seed-neg", ["--prompt", "a", "--seed", "-1"], "seed"),
+    ("seed-entry-huge", ["--prompt", "a", "--sampling_option.seed", str(2**40)], "sampling_option.seed"),
+    ("batch0", ["--prompt", "a", "--batch-size", "0"], "batch_size"),
+    ("num-sample0", ["--prompt", "a", "--num-sample", "0"], "num_sample"),
+    ("fps0", ["--prompt", "a", "--fps_save", "0"], "fps_save"),
+    ("flow-shift0", ["--prompt", "a", "--sampling_option.flow_shift", "0"], "sampling_option.flow_shift"),
+    ("start-neg", ["--prompt", "a", "--start_index", "-1"], "start_index"),
+    # outputs: names stay inside save_dir, samples apart, the policy flags do not contradict
+    ("prefix-escape", ["--prompt", "a", "--save-prefix", "../../escape"], "outside"),
+    ("overwrite-and-skip", ["--prompt", "a", "--overwrite", "true", "--skip-existing", "true"], "contradict"),
+]
+
+
+@pytest.mark.parametrize("case, argv, message", V2_CASES, ids=[c[0] for c in V2_CASES])
+def test_v2_inference_refuses_before_loading(call, files, tmp_path, case, argv, message):
+    out = tmp_path / "out"
+    code, err = call(*_inference_v2(files, out, *argv))
+    assert code == 2, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last and "Traceback" not in err
+    assert not out.exists() and not (tmp_path / "escape_0000.mp4").exists()
+    assert not (files / "weights_v2").exists()  # no model was built
+
+
+def test_v2_name_column_stays_inside_and_apart(call, files, tmp_path):
+    out = tmp_path / "a" / "b"
+    csv = tmp_path / "names.csv"
+    csv.write_text("text,name\na cat,../../../escape\n")
+    code, err = call(*_inference_v2(files, out, "--dataset.data-path", csv))
+    assert code == 2 and "outside" in err and "name of prompt 0" in err, err
+    csv.write_text("text,name\na cat,clip\na dog,sub/../clip\n")  # two rows, one file
+    code, err = call(*_inference_v2(files, out, "--csv", csv))
+    assert code == 2 and "more than one sample" in err and "prompt 0 ('a cat') and prompt 1 ('a dog')" in err, err
+    code, err = call(*_inference_v2(files, out, "--prompt", "a cat", "A cat", "--prompt-as-path", "true"))
+    assert code == 2 and "more than one sample" in err and "a cat-0.mp4" in err, err  # compared without case
+    code, err = call(*_inference_v2(files, out, "--csv", csv, "--use_t2i2v", "true", "--num_sample", "2",
+                                    "--overwrite", "true"))  # the first frames clash too; no flag lets it through
+    assert code == 2 and "generated_condition" in err, err
+    assert not (tmp_path / "a").exists() and not (files / "weights_v2").exists()
+
+
+def test_v2_existing_outputs_are_not_overwritten_silently(call, files, tmp_path):
+    out = tmp_path / "out"
+    (out / "video_64px").mkdir(parents=True)
+    (out / "video_64px" / "prompt_0000.mp4").write_bytes(b"an earlier video")
+    code, err = call(*_inference_v2(files, out, "--prompt", "a"))
+    assert code == 2 and "--overwrite" in err and "--skip-existing" in err and "prompt_0000.mp4" in err, err
+    assert (out / "video_64px" / "prompt_0000.mp4").read_bytes() == b"an earlier video"
+    # --skip-existing: the sample is finished only with its prompt .txt too; then nothing is loaded, exit 0
+    (out / "video_64px" / "prompt_0000.txt").write_text("a. 8 FPS. 4 motion score.")
+    code, err = call(*_inference_v2(files, out, "--prompt", "a", "--skip-existing", "true"))
+    assert code == 0, err
+    assert sorted(os.listdir(out / "video_64px")) == ["prompt_0000.mp4", "prompt_0000.txt"]
+    assert (out / "video_64px" / "prompt_0000.mp4").read_bytes() == b"an earlier video"
+    assert not (files / "weights_v2").exists()
+
+
+def test_v2_fewer_outputs_than_planned_fail_the_run(call, files, tmp_path, monkeypatch):
+    """Stages that write nothing (here: none run) do not give a successful run: exit 1 naming the files."""
+    from opensora.inference.v2.pipeline import PipelineV2
+
+    monkeypatch.setattr(PipelineV2, "stages", lambda self: [("decode", (), lambda batch: None)])
+    code, err = call(*_inference_v2(files, tmp_path / "out", "--prompt", "a cat", "a dog"))
+    assert code == 1 and "4 planned output file(s) were not written" in err, err  # two videos, two .txt
+    assert "prompt_0000.mp4" in err and "prompt_0001.txt" in err
+
+
+def test_v2_nan_from_the_sampler_names_prompt_and_sample(call, files, tmp_path, monkeypatch):
+    """The one real 2.0 run of this file (tiny T5, CLIP and MMDiT, one step; no VAE is reached): the video model
+    returns NaN for the second prompt of the batch; the run stops at step 1 naming prompt 1 and sample 0 and the
+    likely cause, exit 1, no output file."""
+    import mindspore as ms
+
+    from opensora.inference.v2.components import Models
+
+    real = Models.get
+
+    class NaNForRow1:
+        def __init__(self, model):
+            self.model = model
+
+        def prepare_conditioning(self, **kwargs):
+            return self.model.prepare_conditioning(**kwargs)
+
+        def __call__(self, x, **kwargs):
+            out = self.model(x, **kwargs)
+            b = out.shape[0] // 3  # [prompts; negatives; negatives without image]
+            scale = np.ones((out.shape[0], 1, 1), np.float32)
+            scale[[1, b + 1, 2 * b + 1]] = np.nan
+            return out * ms.Tensor(scale).astype(out.dtype)
+
+    monkeypatch.setattr(Models, "get", lambda self, kind: NaNForRow1(real(self, kind)) if kind == "model"
+                        else real(self, kind))
+    out = tmp_path / "out"
+    code, err = call(*_inference_v2(files, out, "--prompt", "a cat", "a dog", "--batch_size", "2", "--num-steps", "1",
+                                    weights=tmp_path / "w"))
+    assert code == 1, err
+    last = err.strip().splitlines()[-1]
+    assert "video model" in last and "step 1 of 1" in last and "prompt(s) [1], sample 0" in last, last
+    assert "weights holding NaN" in last
+    assert not [f for _, _, names in os.walk(out) for f in names]
+
+
 # ---------------------------------------------------------------------------------------------- caches
 def _t5(files, out, *extra):
     return ("scripts.infer_t5", "--t5_model_dir", files, "--output_dir", out, *extra)
@@ -309,18 +432,21 @@ def test_every_numeric_option_has_a_range():
     """The one mechanism (Option's min/max/above) covers every numeric flag of every script."""
     from opensora.config import is_numeric
     from opensora.inference.options import inference_schema
+    from opensora.inference.v2.options import SAMPLING_OPTIONS, v2_schema
     from opensora.training.options import train_schema
     from scripts.infer_t5 import SCHEMA as T5
     from scripts.infer_vae import SCHEMA as VAE
     from scripts.infer_vae_decode import SCHEMA as DECODE
 
-    unchecked = [f"{where}: {opt.name}" for where, schema in (("inference", inference_schema()),
-                                                                ("train", train_schema()), ("infer_t5", T5),
-                                                                ("infer_vae", VAE), ("infer_vae_decode", DECODE))
-                 for opt in schema.options.values()
+    options = [(where, opt) for where, schema in (("inference", inference_schema()), ("inference 2.0", v2_schema()),
+                                                  ("train", train_schema()), ("infer_t5", T5), ("infer_vae", VAE),
+                                                  ("infer_vae_decode", DECODE))
+               for opt in schema.options.values()]
+    options += [("sampling_option", opt) for opt in SAMPLING_OPTIONS]
+    unchecked = [f"{where}: {opt.name}" for where, opt in options
                  if is_numeric(opt.type) and opt.choices is None and opt.min is None and opt.max is None
                  and opt.above is None]
-    assert not unchecked
+    assert len(options) > 150 and not unchecked
 
 
 # ---------------------------------------------------------------------------------------------- run failures

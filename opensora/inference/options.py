@@ -19,6 +19,14 @@ def frame_count(value) -> int:
     return get_num_frames(value)
 
 
+# what happens to output files that already exist: the same two flags for the 1.x and the 2.0 pipelines
+EXISTING_OUTPUT_OPTIONS = [
+    Option("overwrite", str2bool, False, "replace output files that already exist (default: refuse to start, "
+                                         "naming them; with prompt_as_path finished ones are skipped)"),
+    Option("skip_existing", optional(str2bool), None, "keep output files that already exist and make only the missing "
+                                            "ones (resume an interrupted run); default: true with prompt_as_path"),
+]
+
 OPTIONS = [
     # prompts
     Option("prompt", str, None, "prompts (a JSON suffix may add reference_path / mask_strategy)", nargs="+"),
@@ -58,10 +66,7 @@ OPTIONS = [
     Option("save_dir", str, "./samples/samples/", "output folder"),
     Option("sample_name", optional(str), None, "file-name prefix (default 'sample')"),
     Option("prompt_as_path", str2bool, False, "name files by prompt and skip finished ones"),
-    Option("overwrite", str2bool, False, "replace output files that already exist (default: refuse to start, "
-                                         "naming them; with prompt_as_path finished ones are skipped)"),
-    Option("skip_existing", optional(str2bool), None, "keep output files that already exist and make only the missing "
-                                            "ones (resume an interrupted run); default: true with prompt_as_path"),
+    *EXISTING_OUTPUT_OPTIONS,
     Option("save_latent", str2bool, False, "also write each sample's latent to save_dir/latents/"),
     Option("no_vae_decode", str2bool, False, "do not load the VAE; write latents only (three-stage pipeline)"),
     Option("text_embed_folder", optional(str), None, "read T5 embeddings {index:04d}.npz from here; T5 not loaded"),

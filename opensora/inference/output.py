@@ -54,21 +54,35 @@ class SampleOutput:
         return all(os.path.isfile(f) for f in self.files)
 
 
+def sample_files(base: str, video_ext: str | None, latent: bool, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """A sample's files: its video (``video_ext``: ".mp4"/".png", None when no video is written), its latent,
+    then ``extra`` (files a pipeline writes beside them)."""
+    return ((base + video_ext,) if video_ext else ()) + ((latent_file(base),) if latent else ()) + tuple(extra)
+
+
+def check_plan(plan: list[SampleOutput], texts: dict[int, str], num_sample: int) -> list[SampleOutput]:
+    """Refuses two samples of ``plan`` that would write one file, naming their prompts (``texts`` by index)."""
+    claims = [(f"prompt {s.index} ({texts[s.index][:60]!r})" + (f" sample {s.k}" if num_sample > 1 else ""), f)
+              for s in plan for f in s.files]
+    check_distinct(claims, "sample")
+    return plan
+
+
 def plan_outputs(save_dir: str, texts: list[str], start_index: int, sample_name, prompt_as_path: bool,
                  num_sample: int, video_ext: str | None, latent: bool) -> list[SampleOutput]:
     """Every sample's files (``video_ext``: ".mp4"/".png", None when no video is written); refuses names that
     leave ``save_dir`` and two samples that would write one file."""
-    plan, claims = [], []
+    plan = []
     for j, text in enumerate(texts):
-        index = start_index + j
         for k in range(num_sample):
-            base = save_path_name(save_dir, sample_name, index, text, prompt_as_path, num_sample, k)
-            files = ((base + video_ext,) if video_ext else ()) + ((latent_file(base),) if latent else ())
-            plan.append(SampleOutput(index, k, base, files))
-            label = f"prompt {index} ({text[:60]!r})" + (f" sample {k}" if num_sample > 1 else "")
-            claims += [(label, f) for f in files]
-    check_distinct(claims, "sample")
-    return plan
+            base = save_path_name(save_dir, sample_name, start_index + j, text, prompt_as_path, num_sample, k)
+            plan.append(SampleOutput(start_index + j, k, base, sample_files(base, video_ext, latent)))
+    return check_plan(plan, {start_index + j: text for j, text in enumerate(texts)}, num_sample)
+
+
+def skip_existing_of(cfg) -> bool:
+    """``--skip-existing``; unset, it follows ``--prompt-as-path`` (upstream skips finished prompts then)."""
+    return cfg.prompt_as_path if cfg.skip_existing is None else cfg.skip_existing
 
 
 def apply_existing_policy(plan: list[SampleOutput], overwrite: bool, skip_existing: bool) -> list[SampleOutput]:

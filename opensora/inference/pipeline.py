@@ -34,8 +34,8 @@ from ..models.layers import forms
 from ..models.stdit.stdit3 import STDiT3
 from ..models.vae.geometry import FrameCountError, geometry_of
 from ..schedulers.guidance import TextCondition
-from ..utils.files import atomic_write
-from ..utils.finite import nonfinite_rows
+from ..utils.files import write_text_atomically
+from ..utils.finite import nonfinite_cause, nonfinite_rows
 from . import components
 from .mask_strategy import apply_mask_strategy, loop_condition
 from .output import SampleOutput, latent_file, save_latent, save_sample
@@ -224,9 +224,7 @@ class InferencePipeline:
         c = self.cfg
         lines = [process_prompt(t, None, c.aes, c.flow, c.camera_motion) for t in self.request.texts]
         prepare_output_dir(os.path.dirname(os.path.abspath(path)), "--write-prompts")
-        with atomic_write(path) as tmp:
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write("".join(line + "\n" for line in lines))
+        write_text_atomically(path, "".join(line + "\n" for line in lines))
         return len(lines)
 
     # ------------------------------------------------------------------ references
@@ -286,10 +284,7 @@ class InferencePipeline:
         return lambda done, total: self._report("sampling", done, total)
 
     def _nonfinite_cause(self) -> str:
-        if self.dtype == "float16":
-            return "float16 overflow (use --dtype bf16 on Ascend, or fp32)"
-        return (f"weights holding NaN/inf (check --ckpt_path / from_pretrained) or an extreme guidance scale "
-                f"(cfg_scale {getattr(self.scheduler, 'cfg_scale', '?')})")
+        return nonfinite_cause(self.dtype, f"cfg_scale {getattr(self.scheduler, 'cfg_scale', '?')}")
 
     def decode(self, latent: ms.Tensor, indices=None) -> np.ndarray:
         self._report("decoding", 0, 1)

@@ -19,7 +19,7 @@ from ..models.vae.geometry import FrameCountError, geometry_of
 from ..utils.outputs import prepare_output_dir
 from .limits import MemoryEstimate, check_latent_size, check_memory, estimate_sampling_memory
 from .mask_strategy import MaskStrategyError, parse_mask_strategy
-from .output import SampleOutput, apply_existing_policy, plan_outputs
+from .output import SampleOutput, apply_existing_policy, plan_outputs, skip_existing_of
 from .presets import resolve_image_size, resolve_save_fps
 from .prompts import (PromptError, check_prompt_texts, extract_json_from_prompts, load_prompts, process_prompt,
                       prompt_for_loop)
@@ -196,8 +196,7 @@ def check_request(cfg, outputs: bool = True) -> InferenceRequest:
     ext = video_extension(cfg, num_frames)
     request.plan = plan_outputs(cfg.save_dir, texts, cfg.start_index, cfg.sample_name, cfg.prompt_as_path,
                                 cfg.num_sample, ext, cfg.save_latent or cfg.no_vae_decode)
-    skip = cfg.prompt_as_path if cfg.skip_existing is None else cfg.skip_existing
-    request.todo = apply_existing_policy(request.plan, cfg.overwrite, skip)
+    request.todo = apply_existing_policy(request.plan, cfg.overwrite, skip_existing_of(cfg))
     frames_out = num_frames * cfg.loop  # an upper bound of the joined loops
     whole_graph = cfg.mode == "graph" and not cfg.blockwise and cfg.device_target == "CPU"
     request.estimate = estimate_sampling_memory(cfg.model, latent_size, min(cfg.batch_size, n), frames_out,

@@ -36,6 +36,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import ops
 
+from ..utils.finite import check_sampler_step
 from .noise import progress
 
 PATCH = 2
@@ -195,6 +196,7 @@ class I2VDenoiser:
             v = r(v_neg_noimg + r(r(v_neg - v_neg_noimg) * g_img))
             v = r(v + r(r(v_cond - v_neg) * ms.Tensor(np.float32(g_txt))))
             img = _euler(r, img, v, t_curr, t_next)
+            check_sampler_step(img, "v2 sampler", i + 1, len(timesteps) - 1)
         return img.astype(dtype)
 
 
@@ -215,4 +217,5 @@ class DistilledDenoiser:
             t_curr, t_next = timesteps[i], timesteps[i + 1]
             pred = model(img.astype(dtype), timesteps=r.full(b, t_curr), **prepared)
             img = _euler(r, img, pred.astype(ms.float32), t_curr, t_next)
+            check_sampler_step(img, "flux sampler", i + 1, len(timesteps) - 1)
         return img.astype(dtype)

@@ -96,6 +96,14 @@ def atomic_write(path: str) -> Iterator[str]:
         _remove(tmp)
 
 
+def write_text_atomically(path: str, text: str) -> str:
+    """``text`` to ``path`` (UTF-8) through :func:`atomic_write`; -> the path."""
+    with atomic_write(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+    return path
+
+
 def read_text(path: str, what: str = "file") -> str:
     """A UTF-8 text file; a missing or undecodable one is an :class:`InputError` naming it (and the line)."""
     if not os.path.isfile(path):

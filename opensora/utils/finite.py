@@ -20,6 +20,14 @@ def nonfinite_rows(x) -> list[int]:
     return [int(i) for i in np.flatnonzero(~ok)]
 
 
+def nonfinite_cause(dtype: str, guidance: str) -> str:
+    """The likely cause of NaN/inf from a sampler running in ``dtype`` (a canonical name) with ``guidance``
+    (the scale options as text, for the message)."""
+    if dtype == "float16":
+        return "float16 overflow (use --dtype bf16 on Ascend, or fp32)"
+    return f"weights holding NaN/inf (check --ckpt_path / from_pretrained) or an extreme guidance scale ({guidance})"
+
+
 def check_sampler_step(z, sampler: str, step: int, steps: int) -> None:
     """Raise :class:`NonFiniteError` when a row of the latents ``z`` (B, ...) is no longer finite."""
     rows = nonfinite_rows(z)

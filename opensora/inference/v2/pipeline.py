@@ -15,6 +15,13 @@ Stages, as upstream's ``scripts/diffusion/inference.py`` and ``api_fn`` run them
 6. ``decode``: the VAE decodes; the first ``num_frames`` frames are saved (mp4, or png for one frame)
    with the prompt in a ``.txt`` beside, as upstream names them: ``<save_dir>/video_256px/prompt_0000.mp4``.
 
+Outputs follow the 1.x rules (``opensora/inference/output.py``): every file of every sample (video, prompt
+text, latent, the t2i first frame) is planned when the pipeline is built, before any model: inside
+``save_dir``, no two samples on one file, existing files refused unless ``--overwrite`` (replace) or
+``--skip-existing`` (keep finished samples; the default with ``prompt_as_path``); each is written atomically.
+NaN/inf from a sampler, a decoder or the text encoders stops the run naming the prompts and the sample, and a
+run that wrote fewer files than it planned fails (:class:`~opensora.errors.RunError`).
+
 Without ``offload`` the stages run batch by batch with every model kept once built (upstream's order).
 With ``offload`` each stage runs over all batches and its models are released before the next stage
 (T5/CLIP, Flux, its AE, the VAE and the video model are never in memory together; the embeddings and
@@ -37,9 +44,14 @@ from ...config import ConfigError
 from ...datasets import aspect_v2
 from ...dtypes import canonical, to_ms_dtype
 from ...datasets.embedding_cache import read_text_embedding
+from ...errors import NonFiniteError, RunError
 from ...models.vae.geometry import geometry_of
 from ...schedulers import flow_v2
-from ..output import finished, save_latent, save_sample
+from ...utils.files import write_text_atomically
+from ...utils.finite import nonfinite_cause, nonfinite_rows
+from ...utils.outputs import inside, prepare_output_dir
+from ..output import (SampleOutput, apply_existing_policy, check_plan, latent_file, sample_files, save_latent,
+                      save_sample, skip_existing_of)
 from ..prompts import extract_json_from_prompts, load_prompt_rows, safe_file_name
 from ..references import check_reference_path, read_reference, split_references
 from .components import Models, check_weights
@@ -78,8 +90,9 @@ class Batch:
 
 
 class PipelineV2:
-    """Checks everything a run needs (sizes, frames, prompts, references, weights) when built; :meth:`run`
-    loads models and writes the samples. ``stats`` collects timings."""
+    """Checks everything a run needs (sizes, frames, prompts, references, weights, every output file) when
+    built; :meth:`run` loads models and writes the samples. ``plan``: every sample's files; ``todo``: those
+    to make under the overwrite policy. ``stats`` collects timings."""
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -108,6 +121,12 @@ class PipelineV2:
         self.sub_dir = f"{self.kind}_{opts['resolution']}" if opts["resolution"] else self.kind
         self.rows = self._rows()
         self._check_inputs()
+        self.plan: list[SampleOutput] = []
+        self.todo: list[SampleOutput] = []
+        if not cfg.write_prompts:  # (stage 1 of the three-stage pipeline writes no sample)
+            prepare_output_dir(cfg.save_dir, "--save-dir")
+            self.plan = self._plan()
+            self.todo = apply_existing_policy(self.plan, cfg.overwrite, skip_existing_of(cfg))
         self.models = Models(cfg, canonical(cfg.dtype))
         self.stats: dict = {"stages_s": {}, "sample_s": [], "decode_s": []}
 
@@ -189,8 +208,6 @@ class PipelineV2:
         check_weights(cfg, kinds)
         if cfg.text_embed_folder and not os.path.isdir(cfg.text_embed_folder):
             raise ConfigError(f"--text_embed_folder {cfg.text_embed_folder}: not a folder")
-        if cfg.batch_size < 1 or cfg.num_sample < 1:
-            raise ConfigError("batch_size and num_sample must be at least 1")
 
     # ------------------------------------------------------------------ batches and names
     def processed(self, row: Row) -> str:
@@ -198,32 +215,49 @@ class PipelineV2:
 
     def save_path(self, row: Row, k: int, sub_dir: str) -> str:
         """Upstream's ``get_save_path_name``: ``{prefix}{name}`` or ``{prefix}{fallback}_{index:04d}``, ``_k``
-        for k > 0; ``prompt_as_path``: ``{prompt}-{k}``. Every name is made file-name safe."""
+        for k > 0; ``prompt_as_path``: ``{prompt}-{k}`` (the prompt made file-name safe). A name or prefix may
+        name a subfolder (upstream joins them as paths) but must stay inside ``save_dir``."""
         cfg = self.cfg
         if cfg.prompt_as_path:
-            name = f"{safe_file_name(row.text.strip('.'))}-{k}"
+            name, what = f"{safe_file_name(row.text.strip('.'))}-{k}", "the prompt as a file name"
         else:
-            name = safe_file_name(cfg.save_prefix + row.name) if row.name else \
-                f"{safe_file_name(cfg.save_prefix + self.fallback_name)}_{row.index:04d}"
+            name, what = (cfg.save_prefix + row.name, f"the name of prompt {row.index} (with --save-prefix)") \
+                if row.name else (f"{cfg.save_prefix}{self.fallback_name}_{row.index:04d}", "--save-prefix")
             if k > 0:
                 name += f"_{k}"
-        return os.path.join(cfg.save_dir, sub_dir, name)
+        return inside(cfg.save_dir, os.path.join(sub_dir, name), what)
+
+    def image_path(self, row: Row, k: int) -> str:
+        """Where text-to-image-to-video writes the generated first frame (without extension), as upstream."""
+        return self.save_path(row, k, os.path.join(self.sub_dir, "generated_condition"))
+
+    def _plan(self) -> list[SampleOutput]:
+        """Every sample's files: the video (.mp4, or .png for one frame) with its prompt (.txt), the latent
+        (save_latent, no_vae_decode), the t2i first frame with its prompt."""
+        cfg = self.cfg
+        video_ext = None if cfg.no_vae_decode else ".png" if self.num_frames == 1 else ".mp4"
+        plan = []
+        for k in range(cfg.num_sample):
+            for row in self.rows:
+                base = self.save_path(row, k, self.sub_dir)
+                extra = () if cfg.no_vae_decode else (base + ".txt",)
+                if cfg.use_t2i2v:
+                    extra += (self.image_path(row, k) + ".png", self.image_path(row, k) + ".txt")
+                files = sample_files(base, video_ext, cfg.save_latent or cfg.no_vae_decode, extra)
+                plan.append(SampleOutput(row.index, k, base, files))
+        return check_plan(plan, {row.index: row.text for row in self.rows}, cfg.num_sample)
 
     def batches(self) -> list[Batch]:
-        cfg, out, seen = self.cfg, [], {}
+        """The samples to make (``todo``), in upstream's order: sample k, then prompt batches (finished samples
+        left out of their batch; every sample's noise is its own, so the batch does not change it)."""
+        cfg, out = self.cfg, []
+        todo = {(s.index, s.k): s for s in self.todo}
         for k in range(cfg.num_sample):
             for s in range(0, len(self.rows), cfg.batch_size):
-                rows = self.rows[s:s + cfg.batch_size]
-                paths = [self.save_path(r, k, self.sub_dir) for r in rows]
-                for row, path in zip(rows, paths):
-                    if path in seen:
-                        raise ConfigError(f"prompts {seen[path]} and {row.index} would both be saved as {path}; "
-                                          "give them different 'name' values")
-                    seen[path] = row.index
-                if cfg.prompt_as_path and all(finished(p) for p in paths):
-                    logger.info("skipping finished %s", paths)
-                    continue
-                out.append(Batch(rows, k, [self.processed(r) for r in rows], paths))
+                rows = [r for r in self.rows[s:s + cfg.batch_size] if (r.index, k) in todo]
+                if rows:
+                    paths = [todo[(r.index, k)].base for r in rows]
+                    out.append(Batch(rows, k, [self.processed(r) for r in rows], paths))
         return out
 
     def write_prompts(self, path: str) -> int:
@@ -234,11 +268,25 @@ class PipelineV2:
         if any("\n" in line for line in lines + negs):
             raise ConfigError("prompts must be single lines")
         stem, ext = os.path.splitext(path)
+        prepare_output_dir(os.path.dirname(os.path.abspath(path)), "--write-prompts")
         for target, content in ((path, lines), (f"{stem}.neg{ext}", negs)):
-            os.makedirs(os.path.dirname(os.path.abspath(target)) or ".", exist_ok=True)
-            with open(target, "w", encoding="utf-8") as f:
-                f.write("".join(line + "\n" for line in content))
+            write_text_atomically(target, "".join(line + "\n" for line in content))
         return len(lines)
+
+    # ------------------------------------------------------------------ NaN/inf
+    def _nonfinite(self, err: NonFiniteError, batch: Batch, what: str, guidance: str) -> NonFiniteError:
+        """A sampler's error with the prompts and sample it concerns and the likely cause."""
+        prompts = [batch.rows[r].index for r in err.rows if r < len(batch.rows)]
+        return NonFiniteError(f"{what}: {err}: prompt(s) {prompts}, sample {batch.k}; likely cause: "
+                              f"{nonfinite_cause(canonical(self.cfg.dtype), guidance)}", err.step, err.rows)
+
+    def _check_finite(self, values: np.ndarray, batch: Batch, what: str, cause: str) -> None:
+        """``values`` (one row per prompt of ``batch``, or several such blocks one after the other)."""
+        rows = nonfinite_rows(values)
+        if rows:
+            prompts = sorted({batch.rows[r % len(batch.rows)].index for r in rows})
+            raise NonFiniteError(f"{what} of prompt(s) {prompts}, sample {batch.k} holds NaN/inf; likely cause: "
+                                 f"{cause}", rows=rows)
 
     # ------------------------------------------------------------------ stages
     def stages(self) -> list[tuple[str, tuple[str, ...], callable]]:
@@ -285,6 +333,9 @@ class PipelineV2:
         n = len(batch.rows)
         texts = batch.texts + negs + ([r.text for r in batch.rows] if self.cfg.use_t2i2v else [])
         txt, vec = self._embed(texts)
+        cause = f"the text encoders' weights, or float16 overflow (dtype {self.cfg.dtype})"
+        self._check_finite(txt, batch, "the T5 embedding (prompt, negative prompt or t2i prompt)", cause)
+        self._check_finite(vec, batch, "the CLIP embedding (prompt, negative prompt or t2i prompt)", cause)
         batch.data.update(txt=txt[:n], vec=vec[:n], neg_txt=txt[n:2 * n], neg_vec=vec[n:2 * n])
         if self.cfg.use_t2i2v:
             batch.data.update(img_txt=txt[2 * n:], img_vec=vec[2 * n:])
@@ -312,18 +363,23 @@ class PipelineV2:
                           for r in batch.rows])
         text = self._text(batch.data["img_txt"], batch.data["img_vec"], 1, h, w)
         img = flow_v2.pack(ms.Tensor(noise).astype(self.dtype), self.patch)
-        x = flow_v2.DistilledDenoiser(T2I_GUIDANCE).denoise(flux, img, self._schedule(1, h, w), text, dtype=self.dtype,
-                                                            progress_bar=self.cfg.verbose >= 2)
+        try:
+            x = flow_v2.DistilledDenoiser(T2I_GUIDANCE).denoise(flux, img, self._schedule(1, h, w), text,
+                                                                dtype=self.dtype, progress_bar=self.cfg.verbose >= 2)
+        except NonFiniteError as err:
+            raise self._nonfinite(err, batch, "the text-to-image first frame (Flux)",
+                                  f"Flux guidance {T2I_GUIDANCE}") from None
         batch.data["image_latent"] = flow_v2.unpack(x, 1, h, w, self.patch).astype(ms.float32).asnumpy()
 
     def stage_image_decode(self, batch: Batch) -> None:
         ae = self.models.get("img_flux_ae")
         images = ae.decode(ms.Tensor(batch.data.pop("image_latent")).astype(self.dtype))
         images = images.astype(ms.float32).asnumpy()[:, :, :1]
-        sub_dir = os.path.join(self.sub_dir, "generated_condition")
+        self._check_finite(images, batch, "the first frame the Flux AE decoded (finite latents)",
+                           f"the Flux AE's weights, or float16 overflow (dtype {self.cfg.dtype})")
         refs = []
         for row, image in zip(batch.rows, images):
-            path = save_sample(image, self.save_path(row, batch.k, sub_dir), self.cfg.fps_save)
+            path = save_sample(image, self.image_path(row, batch.k), self.cfg.fps_save)
             self._write_text(path, row.text)
             refs.append(path)
         batch.data["refs"] = refs
@@ -362,9 +418,13 @@ class PipelineV2:
                                        o["scale_temporal_osci"])
         cond = flow_v2.pack(ms.Tensor(np.concatenate([masks, masked], axis=1)).astype(self.dtype), self.patch)
         t0 = time.perf_counter()
-        x = denoiser.denoise(model, flow_v2.pack(ms.Tensor(noise).astype(self.dtype), self.patch),
-                             self._schedule(t, h, w), text, cond, t, image_ramp=self.cond.is_i2v, dtype=self.dtype,
-                             progress_bar=self.cfg.verbose >= 2)
+        try:
+            x = denoiser.denoise(model, flow_v2.pack(ms.Tensor(noise).astype(self.dtype), self.patch),
+                                 self._schedule(t, h, w), text, cond, t, image_ramp=self.cond.is_i2v, dtype=self.dtype,
+                                 progress_bar=self.cfg.verbose >= 2)
+        except NonFiniteError as err:
+            raise self._nonfinite(err, batch, "the video model",
+                                  f"guidance {o['guidance']}, guidance_img {o['guidance_img']}") from None
         latent = flow_v2.unpack(x, t, h, w, self.patch).astype(ms.float32).asnumpy()
         self.stats["sample_s"].append(time.perf_counter() - t0)
         if self.cond.is_i2v and t > 1:  # the image frames themselves, in every sample (upstream: item 0 only)
@@ -380,13 +440,14 @@ class PipelineV2:
         cfg = self.cfg
         if cfg.save_latent or cfg.no_vae_decode:
             for path, z in zip(batch.paths, latent):
-                target = os.path.join(os.path.dirname(path), "latents", os.path.basename(path) + ".npz")
-                save_latent(z, target, self.num_frames, cfg.fps_save)
+                save_latent(z, latent_file(path), self.num_frames, cfg.fps_save)
         if cfg.no_vae_decode:
             return
         t0 = time.perf_counter()
         video = self.models.get("ae").decode(ms.Tensor(latent).astype(self.dtype), num_frames=self.num_frames)
         video = video.astype(ms.float32).asnumpy()[:, :, :self.num_frames]
+        self._check_finite(video, batch, "the video the VAE decoded (finite latents)",
+                           f"the VAE's weights, or float16 overflow (dtype {cfg.dtype})")
         self.stats["decode_s"].append(time.perf_counter() - t0)
         for path, text, sample in zip(batch.paths, batch.texts, video):
             saved = save_sample(sample, path, cfg.fps_save)
@@ -398,14 +459,13 @@ class PipelineV2:
     @staticmethod
     def _write_text(sample_path: str, text: str) -> None:
         """The prompt next to the sample (upstream writes ``<name>.txt``), atomically."""
-        target = os.path.splitext(sample_path)[0] + ".txt"
-        tmp = f"{target}.tmp{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, target)
+        write_text_atomically(os.path.splitext(sample_path)[0] + ".txt", text)
 
     # ------------------------------------------------------------------ running
     def run(self) -> list[str]:
+        """Make every sample of ``todo``; -> the videos written (the latents with ``no_vae_decode``). The
+        policy is applied again (the output folder may have changed since the pipeline was built)."""
+        self.todo = apply_existing_policy(self.plan, self.cfg.overwrite, skip_existing_of(self.cfg))
         batches = self.batches()
         stages = self.stages()
         if self.cfg.offload:  # stage by stage over every batch; a stage's models go before the next stage
@@ -416,10 +476,12 @@ class PipelineV2:
             for batch in self._progress(batches):
                 for name, _, fn in stages:
                     self._timed(name, lambda: fn(batch))
-        saved = [p for b in batches for p in b.data.get("saved", [])]
+        missing = [f for s in self.todo for f in s.files if not os.path.isfile(f)]
+        if missing:
+            raise RunError(f"{len(missing)} planned output file(s) were not written: {missing[:5]}")
         if self.cfg.no_vae_decode:
-            saved = [p for b in batches for p in b.paths]
-        return saved
+            return [latent_file(p) for b in batches for p in b.paths]
+        return [p for b in batches for p in b.data.get("saved", [])]
 
     def _timed(self, name: str, fn) -> None:
         t0 = time.perf_counter()
