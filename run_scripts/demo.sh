@@ -15,7 +15,7 @@ test -s "$video" || { echo "demo failed: $video was not written" >&2; exit 1; }
 echo "Demo video: $(pwd)/$video  ($(( $(date +%s) - start )) s)"
 start=$(date +%s)
 python scripts/inference.py --config configs/tiny/inference/sample_v2.yaml \
-    --prompt "a cat walks along the river." --save-dir samples/demo_v2 --verbose 1
+    --prompt "a cat walks along the river." --save-dir samples/demo_v2 --overwrite true --verbose 1
 video=samples/demo_v2/video_64px/prompt_0000.mp4
 test -s "$video" || { echo "demo failed: $video was not written" >&2; exit 1; }
 echo "Open-Sora 2.0 demo video: $(pwd)/$video  ($(( $(date +%s) - start )) s)"
