@@ -27,7 +27,7 @@ browser:
 	bash run_scripts/install_browser.sh
 test: browser
 
-# The test suite CI runs (tiny models; about 15 minutes on 2 cores).
+# The test suite CI runs (tiny models; about 14 minutes on 2 cores, plus installing).
 test: install
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest -m "not full and not extended" -q -p no:cacheprovider
 

@@ -50,6 +50,7 @@ def test_per_sample_generators_draw_each_row_alone():
         np.testing.assert_array_equal(rows[i], np.random.default_rng([7, i]).standard_normal((2, 4), np.float32))
 
 
+@pytest.mark.extended  # suite time: a further case of a class the default suite checks (make test-full)
 def test_rflow_with_renoised_reference(weights, tmp_path):
     from PIL import Image
 

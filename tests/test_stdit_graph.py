@@ -13,7 +13,8 @@ def _numpy(t):
     return t.asnumpy()
 
 
-@pytest.mark.parametrize("version", ["STDiT3", "STDiT", "STDiT2"])
+@pytest.mark.parametrize("version", ["STDiT3", pytest.param("STDiT", marks=pytest.mark.extended),
+                                     pytest.param("STDiT2", marks=pytest.mark.extended)])
 def test_graph_mode_equals_pynative_and_kv_cache(version):
     ms.set_seed(0)
     net = build_tiny(version)

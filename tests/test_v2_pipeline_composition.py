@@ -134,6 +134,7 @@ def saved_latent(out, name):
     return np.load(os.path.join(out, "video_64px", "latents", name + ".npz"))["latent"]
 
 
+@pytest.mark.extended  # suite time: a further case of a class the default suite checks (make test-full)
 def test_i2v_head_batch_in_graph_mode_equals_reference_composition(parts, tmp_path, monkeypatch):
     """A batch of two prompts, graph mode; both samples get their reference latent back (upstream: item 0 only)."""
     out = str(tmp_path / "i2v")

@@ -169,6 +169,7 @@ def test_each_formulation_matches_the_reference(tiny, cpu_forms):
     assert max_diff(vae.decode(Tensor(z)), ref_decode(ref, z)) <= DECODE_TOL
 
 
+@pytest.mark.extended  # suite time: a further case of a class the default suite checks (make test-full)
 def test_graph_mode_equals_pynative(tiny):
     _, path = tiny
     vae = build(path)
