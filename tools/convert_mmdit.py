@@ -15,14 +15,14 @@ nothing is written. Names are unchanged (the MindSpore model uses the official k
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tools.convert_pt2ms import parse_kwargs  # noqa: E402
-from tools.torch_weights import check_target, convert, weight_file_shapes, weight_files  # noqa: E402
+from tools.torch_weights import (check_target, convert, weight_file_shapes, weight_files,  # noqa: E402
+                                 weights_parser)
 
 from opensora.models.mmdit.convert import official_kwargs  # noqa: E402
 from opensora.utils.cli import run_main, script_main  # noqa: E402
@@ -53,13 +53,8 @@ def convert_file(src: str, target: str, dtype: str | None = None, **kwargs) -> s
 
 @script_main
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--src", required=True, help=".safetensors/.pth/.pt/.bin file, or a directory of them")
-    parser.add_argument("--target", required=True, help="output .safetensors (recommended: read lazily) or .ckpt")
-    parser.add_argument("--dtype", default=None, help="cast to fp32/fp16/bf16 (default: keep)")
-    parser.add_argument("--kwargs", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="model constructor arguments overriding the official ones")
-    parser.add_argument("--overwrite", action="store_true", help="replace --target if it exists")
+    parser = weights_parser(__doc__, ".safetensors/.pth/.pt/.bin file, or a directory of them",
+                            "output .safetensors (recommended: read lazily) or .ckpt")
     args = parser.parse_args(argv)
     check_target(args.src, args.target, args.overwrite)
     name = convert_file(args.src, args.target, args.dtype, **parse_kwargs(args.kwargs))

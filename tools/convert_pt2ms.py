@@ -15,13 +15,13 @@ own keys (``pixart_to_stdit`` maps them onto STDiT for training init).
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tools.torch_weights import CheckpointError, check_target, convert, read_weight_file, weight_files  # noqa: E402
+from tools.torch_weights import (CheckpointError, check_target, convert, read_weight_file,  # noqa: E402
+                                 weight_files, weights_parser)
 
 from opensora.config import yaml_value  # noqa: E402
 from opensora.utils.cli import run_main, script_main  # noqa: E402
@@ -97,14 +97,9 @@ def convert_file(src: str, target: str, model: str | None = None, dtype: str | N
 
 @script_main
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--src", required=True, help=".pth/.pt/.bin/.safetensors file, or a directory of them")
-    parser.add_argument("--target", required=True, help="output MindSpore .ckpt")
+    parser = weights_parser(__doc__, ".pth/.pt/.bin/.safetensors file, or a directory of them",
+                            "output MindSpore .ckpt")
     parser.add_argument("--model", choices=MODEL_NAMES, default=None, help="default: guessed from the keys")
-    parser.add_argument("--dtype", default=None, help="cast to fp32/fp16/bf16 (default: keep)")
-    parser.add_argument("--kwargs", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="model constructor arguments overriding the official ones")
-    parser.add_argument("--overwrite", action="store_true", help="replace --target if it exists")
     args = parser.parse_args(argv)
     check_target(args.src, args.target, args.overwrite)
     model = convert_file(args.src, args.target, args.model, args.dtype, parse_kwargs(args.kwargs))

@@ -129,6 +129,20 @@ def check_sources(sources: list[str], dtype: str | None) -> None:
             raise CheckpointError(f"--dtype: {err}") from None
 
 
+def weights_parser(doc: str, src_help: str, target_help: str):
+    """The flags of the by-name weight converters (STDiT, MMDiT): --src, --target, --dtype, --kwargs, --overwrite."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--src", required=True, help=src_help)
+    parser.add_argument("--target", required=True, help=target_help)
+    parser.add_argument("--dtype", default=None, help="cast to fp32/fp16/bf16 (default: keep)")
+    parser.add_argument("--kwargs", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="model constructor arguments overriding the official ones")
+    parser.add_argument("--overwrite", action="store_true", help="replace --target if it exists")
+    return parser
+
+
 def folder_converter_main(argv, doc: str, model: str, convert_fn) -> int:
     """The command line of the converters of Hugging Face folders (T5, CLIP): ``--src``, ``--target``,
     ``--dtype``, ``--config``, then ``convert_fn(src, target, dtype, config)``."""
