@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from ..config import ConfigError
 from ..datasets.aspect import get_num_frames
+from ..models.layers import forms
 from ..models.vae.geometry import FrameCountError, geometry_of
 from ..utils.outputs import prepare_output_dir
 from .limits import MemoryEstimate, check_latent_size, check_memory, estimate_sampling_memory
@@ -198,10 +199,11 @@ def check_request(cfg, outputs: bool = True) -> InferenceRequest:
                                 cfg.num_sample, ext, cfg.save_latent or cfg.no_vae_decode)
     request.todo = apply_existing_policy(request.plan, cfg.overwrite, skip_existing_of(cfg))
     frames_out = num_frames * cfg.loop  # an upper bound of the joined loops
-    whole_graph = cfg.mode == "graph" and not cfg.blockwise and cfg.device_target == "CPU"
+    on_host = forms.samples_in_host_memory(cfg.device_target)
+    whole_graph = cfg.mode == "graph" and not cfg.blockwise and on_host
     request.estimate = estimate_sampling_memory(cfg.model, latent_size, min(cfg.batch_size, n), frames_out,
                                                 image_size, whole_graph, write_video=ext is not None)
-    if cfg.device_target == "CPU":
+    if on_host:
         check_memory(request.estimate, f"sampling {num_frames} frames at {image_size[0]}x{image_size[1]} "
                                        f"with batch size {min(cfg.batch_size, n)}", cfg.skip_size_check)
     return request

@@ -109,6 +109,12 @@ def bfloat16_compute_available(device_target: str | None = None) -> bool:
     return (device_target or backend()) != "CPU"
 
 
+def samples_in_host_memory(device_target: str | None = None) -> bool:
+    """The CPU backend: sampling's activations live in the host's memory (checked against what is free before a
+    run) and its graph mode keeps every intermediate of a compiled graph alive."""
+    return (device_target or backend()) == "CPU"
+
+
 class Formulation:
     """Two implementations of one computation with the same signature and the same numbers up to float
     rounding: ``plain`` (native operators: Ascend, GPU) and ``cpu`` (the CPU backend's forms)."""
