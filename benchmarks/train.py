@@ -4,6 +4,7 @@
     msrun --worker_num=2 --local_worker_num=2 benchmarks/train.py --sizes medium --use_parallel --zero_stage 1
     msrun --worker_num=2 --local_worker_num=2 benchmarks/train.py --sizes medium --modes graph --recompute off \
         --use_parallel --sp_size 2          # sequence parallel: each sample's tokens split over the 2 ranks
+    (``--sizes medium-wide``: the medium model on 4x the tokens; with ``medium``, what grows with the sequence)
 
 Random weights and random inputs (cached-latent training: no VAE); the step is the one training runs
 (loss -> grads -> [AllReduce] -> clip -> AdamW -> EMA, both sharded under ZeRO-1). Under msrun every rank
@@ -30,6 +31,9 @@ SIZES = {
                  latent=(4, 4, 8, 8), frames=4, batch=2),
     "medium": dict(model=dict(depth=6, hidden_size=384, num_heads=6, caption_channels=256, model_max_length=32),
                    latent=(4, 8, 16, 16), frames=8, batch=2),
+    # the medium model on 4x the tokens (8 frames of 16x16 patches): with "medium", what grows with the sequence
+    "medium-wide": dict(model=dict(depth=6, hidden_size=384, num_heads=6, caption_channels=256, model_max_length=32),
+                        latent=(4, 8, 32, 32), frames=8, batch=2),
 }
 
 
