@@ -10,8 +10,8 @@ sampling and 3 training steps; PyNative and the 2.0 MMDiT are ``extended``.
 Training is compared with ``--adam_eps 1e-5`` (both runs): the key half of cross attention's ``kv_linear.bias``
 has an analytically zero gradient (softmax does not change when every key score of a query moves by the same
 ``q . b_k``), so its computed gradient is float rounding (~1e-9), and AdamW's ``g / (|g| + eps)`` turns rounding
-noise into steps of up to ``lr``: with the default eps 1e-8 that parameter alone differs (2.6e-4 after 3 steps,
-any change of summation order does it) while the two trained models give the same outputs within 1.2e-6. An eps
+noise into steps of up to ``lr``: with the default eps 1e-8 that parameter alone differs (2.6e-4 after 3 steps;
+one process in graph mode against PyNative: 2.3e-4, any change of summation order does it) while the two trained models give the same outputs within 1.2e-6. An eps
 well above the rounding keeps every parameter comparable (upstream 1.2 trains with eps 1e-15: that bias moves by
 about ``lr`` a step, at random, without effect).
 """
