@@ -94,7 +94,8 @@ class PipelineV2:
     built; :meth:`run` loads models and writes the samples. ``plan``: every sample's files; ``todo``: those
     to make under the overwrite policy. ``stats`` collects timings."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, outputs: bool = True):
+        """``outputs=False``: no output folder or files planned (the web app's loading)."""
         self.cfg = cfg
         opts = cfg.sampling
         self.opts = opts
@@ -123,12 +124,16 @@ class PipelineV2:
         self._check_inputs()
         self.plan: list[SampleOutput] = []
         self.todo: list[SampleOutput] = []
-        if not cfg.write_prompts:  # (stage 1 of the three-stage pipeline writes no sample)
+        if outputs and not cfg.write_prompts:  # (stage 1 of the three-stage pipeline writes no sample)
             prepare_output_dir(cfg.save_dir, "--save-dir")
             self.plan = self._plan()
             self.todo = apply_existing_policy(self.plan, cfg.overwrite, skip_existing_of(cfg))
         self.models = Models(cfg, canonical(cfg.dtype))
         self.stats: dict = {"stages_s": {}, "sample_s": [], "decode_s": []}
+        # progress hook (the web app's progress bar and Cancel), as 1.x's: on_progress(stage, done, total) after
+        # each step of the video sampler ("sampling") and of the t2i first frame's ("first frame"), and around
+        # decoding ("decoding", 0/1 then 1/1); raising in it stops the run there
+        self.on_progress = None
 
     # ------------------------------------------------------------------ checks (no model loaded)
     @staticmethod
@@ -365,7 +370,7 @@ class PipelineV2:
         img = flow_v2.pack(ms.Tensor(noise).astype(self.dtype), self.patch)
         try:
             x = flow_v2.DistilledDenoiser(T2I_GUIDANCE).denoise(flux, img, self._schedule(1, h, w), text,
-                                                                dtype=self.dtype, progress_bar=self.cfg.verbose >= 2)
+                                                                dtype=self.dtype, progress_bar=self._step_progress("first frame"))
         except NonFiniteError as err:
             raise self._nonfinite(err, batch, "the text-to-image first frame (Flux)",
                                   f"Flux guidance {T2I_GUIDANCE}") from None
@@ -421,7 +426,7 @@ class PipelineV2:
         try:
             x = denoiser.denoise(model, flow_v2.pack(ms.Tensor(noise).astype(self.dtype), self.patch),
                                  self._schedule(t, h, w), text, cond, t, image_ramp=self.cond.is_i2v, dtype=self.dtype,
-                                 progress_bar=self.cfg.verbose >= 2)
+                                 progress_bar=self._step_progress("sampling"))
         except NonFiniteError as err:
             raise self._nonfinite(err, batch, "the video model",
                                   f"guidance {o['guidance']}, guidance_img {o['guidance_img']}") from None
@@ -443,12 +448,14 @@ class PipelineV2:
                 save_latent(z, latent_file(path), self.num_frames, cfg.fps_save)
         if cfg.no_vae_decode:
             return
+        self._report("decoding", 0, 1)
         t0 = time.perf_counter()
         video = self.models.get("ae").decode(ms.Tensor(latent).astype(self.dtype), num_frames=self.num_frames)
         video = video.astype(ms.float32).asnumpy()[:, :, :self.num_frames]
         self._check_finite(video, batch, "the video the VAE decoded (finite latents)",
                            f"the VAE's weights, or float16 overflow (dtype {cfg.dtype})")
         self.stats["decode_s"].append(time.perf_counter() - t0)
+        self._report("decoding", 1, 1)
         for path, text, sample in zip(batch.paths, batch.texts, video):
             saved = save_sample(sample, path, cfg.fps_save)
             self._write_text(saved, text)
@@ -460,6 +467,30 @@ class PipelineV2:
     def _write_text(sample_path: str, text: str) -> None:
         """The prompt next to the sample (upstream writes ``<name>.txt``), atomically."""
         write_text_atomically(os.path.splitext(sample_path)[0] + ".txt", text)
+
+    # ------------------------------------------------------------------ sharing models, progress
+    # what the models depend on: a request that changes one of these needs another load
+    MODEL_KEYS = ("model", "ae", "t5", "clip", "img_flux", "img_flux_ae", "ckpt_path", "dtype", "random_weights_dir",
+                  "text_embed_folder", "device_target", "mode", "jit_level")
+
+    def share_models(self, models: Models) -> "PipelineV2":
+        """Use models another pipeline built (the web app builds them once; each request is a new pipeline)."""
+        changed = [k for k in self.MODEL_KEYS if self.cfg.get(k) != models.cfg.get(k)]
+        if changed:
+            raise ConfigError(f"{', '.join(changed)}: the loaded models were built with other values; "
+                              "restart with them to change them")
+        self.models = models
+        return self
+
+    def _step_progress(self, stage: str):
+        """What a sampler reports its steps to: the progress hook, else a tqdm bar with --verbose 2."""
+        if self.on_progress is None:
+            return self.cfg.verbose >= 2
+        return lambda done, total: self.on_progress(stage, done, total)
+
+    def _report(self, stage: str, done: int, total: int) -> None:
+        if self.on_progress is not None:
+            self.on_progress(stage, done, total)
 
     # ------------------------------------------------------------------ running
     def run(self) -> list[str]:
