@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install browser demo app test test-full clean
+.PHONY: install browser demo app app-v2 test test-full clean
 
 $(VENV)/.installed: requirements.txt requirements-app.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,10 +17,12 @@ install: $(VENV)/.installed
 demo: install
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash run_scripts/demo.sh
 
-# The web app on the tiny random-weight config: http://127.0.0.1:7860 (PORT=... to change it).
+# The web app on the tiny random-weight config: http://127.0.0.1:7860 (PORT=... to change it); app-v2: 2.0's.
 PORT ?= 7860
 app: install
 	$(PY) scripts/app.py --config configs/tiny/inference/sample_t2v.yaml --save-dir samples/app --port $(PORT)
+app-v2: install
+	$(PY) scripts/app.py --config configs/tiny/inference/sample_v2.yaml --save-dir samples/app_v2 --port $(PORT)
 
 # Chromium for the web app's browser test, part of `make test` (Debian's package; needs root or an installed chromium).
 browser:

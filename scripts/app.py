@@ -3,6 +3,8 @@
     python scripts/app.py --config configs/tiny/inference/sample_t2v.yaml            # make app
     python scripts/app.py --config configs/opensora-v1-2/inference/sample_t2v.yaml --port 7860 \
         --save-dir samples/app --ckpt_path models/OpenSora-STDiT-v3
+    python scripts/app.py --config configs/tiny/inference/sample_v2.yaml          # 2.0, tiny: make app-v2
+    python scripts/app.py --config configs/opensora-v2/inference/t2i2v_256px.yaml --save-dir samples/app
 
 Served on 127.0.0.1 only (no sharing, no network calls). Every flag after --config is an option of
 scripts/inference.py and applies to every request (--save-dir, --ckpt_path, --dtype, ...); each result shows the
@@ -35,9 +37,9 @@ def main(argv=None) -> int:
         from opensora.config import ConfigError
 
         raise ConfigError(f"--port must be in [1, 65535], got {args.port}")
-    from opensora.inference.app_handler import AppHandler
+    from opensora.inference.app_handler import handler_for
 
-    handler = AppHandler(["--config", args.config, *rest])  # the config and flags checked before loading
+    handler = handler_for(["--config", args.config, *rest])  # the config and flags checked before loading
     handler.load()
     from opensora.app.ui import build_page
 

@@ -20,7 +20,7 @@ import shlex
 import shutil
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from ..config import ConfigError
@@ -51,7 +51,7 @@ class Form:
     """One request as the page sends it. ``None`` keeps the config's value (``seed``: a random one)."""
 
     prompt: str
-    task: str = TEXT_TO_VIDEO  # 1.x: one of TASKS; 2.0: a cond_type, or "t2i2v"
+    task: str | None = None  # 1.x: one of TASKS; 2.0: a cond_type, or "t2i2v"; None: the first (the config's)
     neg_prompt: str | None = None
     start_image: str | None = None  # image-to-video, start and end frames
     end_image: str | None = None
@@ -165,6 +165,8 @@ class AppHandler:
     def request_args(self, form: Form) -> list[str]:
         """The flags that, after ``base_argv``, make ``scripts/inference.py`` do what the form asks."""
         caps, base = self.capabilities, self.base
+        if form.task is None:
+            form = replace(form, task=caps.tasks[0])
         if form.task not in caps.tasks:
             raise ConfigError(f"task {form.task!r} is not available with {base.model['type']} "
                               f"(available: {', '.join(caps.tasks)})")
