@@ -225,13 +225,13 @@ class AppHandler:
         :class:`Cancelled`. ``progress(fraction, text)`` is called after every sampling step and around decoding."""
         from ..runtime import set_seed
 
-        args = self.request_args(form)
-        cfg = self.parse(self.base_argv + args)
-        with self._lock:  # one request at a time: the models are shared
+        with self._lock:  # one request at a time: the models are shared (and the next free name is this one's)
             self._cancel.clear()
             self._owner = owner
             try:
                 t0 = time.perf_counter()
+                args = self.request_args(form)
+                cfg = self.parse(self.base_argv + args)
                 pipeline = self.pipeline(cfg)
                 planned = self.planned_files(pipeline)
                 existed = {path for path in planned if os.path.exists(path)}
