@@ -36,6 +36,8 @@ class AppHandlerV2(AppHandler):
         o = cfg.sampling
         flux = all(cfg.get(key) for key in FLUX_SECTIONS)
         tasks = (cfg.cond_type,) + tuple(c for c in COND_TYPES if c != cfg.cond_type) + ((T2I2V,) if flux else ())
+        if cfg.use_t2i2v:  # the config's own task first (the page's default)
+            tasks = (T2I2V,) + tasks[:-1]
         uploads = {name: uploads_of(cond) for name, cond in COND_TYPES.items() if cond.needs_reference}
         resolutions = tuple(dict.fromkeys([o["resolution"]] * bool(o["resolution"]) + list(RESOLUTIONS)))
         return Capabilities(
@@ -52,9 +54,11 @@ class AppHandlerV2(AppHandler):
     def version_args(self, form: Form) -> list[str]:
         base, caps = self.base, self.capabilities
         if form.task == T2I2V:
-            args = ["--use_t2i2v", "true"] + (["--cond_type", "t2v"] if base.cond_type != "t2v" else [])
+            args = ([] if base.use_t2i2v else ["--use_t2i2v", "true"]) + \
+                (["--cond_type", "t2v"] if base.cond_type != "t2v" else [])
         else:
-            args = ["--cond_type", form.task] if form.task != base.cond_type else []
+            args = (["--use_t2i2v", "false"] if base.use_t2i2v else []) + \
+                (["--cond_type", form.task] if form.task != base.cond_type else [])
         if form.resolution or form.aspect_ratio:
             args += ["--resolution", str(form.resolution or caps.resolution),
                      "--aspect_ratio", str(form.aspect_ratio or caps.aspect_ratio)]
