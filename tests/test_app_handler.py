@@ -45,6 +45,29 @@ def inference_script():
     return script
 
 
+def same_frames_as_the_command(argv, app_video, folder, name, shape):
+    """``argv`` (the shown command) run by scripts/inference.py into ``folder`` writes ``name`` with the frames of
+    ``app_video``, byte for byte."""
+    assert inference_script().main(argv[2:] + ["--save_dir", str(folder)]) == 0
+    app_frames, cli_frames = frames(app_video), frames(str(folder / name))
+    assert app_frames.shape == shape and app_frames.std() > 0
+    np.testing.assert_array_equal(app_frames, cli_frames)
+
+
+def cancelled_at(handler, step: str, form) -> list[str]:
+    """Run ``form``, pressing Cancel (as the page's button does, from another request) when progress says
+    ``step`` -> the progress texts seen; the run must stop with Cancelled."""
+    seen = []
+
+    def progress(fraction, text):
+        seen.append(text)
+        if text == step:
+            assert handler.cancel()
+    with pytest.raises(Cancelled, match="sampling"):
+        handler.generate(form, progress=progress)
+    return seen
+
+
 def frames(path):
     with imageio.get_reader(path) as reader:
         return np.stack([np.asarray(frame) for frame in reader])
@@ -64,21 +87,11 @@ def test_same_video_as_the_command_line(handler, tmp_path):
     fractions = [f for f, _ in events]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     # the shown command, into another folder: the same frames
-    assert inference_script().main(argv[2:] + ["--save_dir", str(tmp_path)]) == 0
-    app_frames, cli_frames = frames(result.path), frames(str(tmp_path / "app-0001_0000.mp4"))
-    assert app_frames.shape == (17, 32, 32, 3) and app_frames.std() > 0
-    np.testing.assert_array_equal(app_frames, cli_frames)
+    same_frames_as_the_command(argv, result.path, tmp_path, "app-0001_0000.mp4", (17, 32, 32, 3))
 
 
 def test_cancel_stops_at_the_next_step_and_writes_nothing(handler):
-    seen = []
-
-    def progress(fraction, text):
-        seen.append(text)
-        if text == "sampling step 1/3":
-            assert handler.cancel()  # as the page's Cancel button does, from another request
-    with pytest.raises(Cancelled, match="sampling"):
-        handler.generate(Form(prompt="a cat", seed=1, name="cancelled"), progress=progress)
+    seen = cancelled_at(handler, "sampling step 1/3", Form(prompt="a cat", seed=1, name="cancelled"))
     assert seen == ["sampling step 1/3"]
     assert not [f for f in os.listdir(handler.base.save_dir) if f.startswith("cancelled")]
     assert not handler.cancel()  # nothing runs now
@@ -145,23 +158,12 @@ def test_v2_same_video_as_the_command_line(handler_v2, tmp_path):
     assert [text for _, text in events] == [f"sampling step {i}/3" for i in range(1, 4)] + ["decoding", "decoded"]
     fractions = [f for f, _ in events]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
-    assert inference_script().main(argv[2:] + ["--save_dir", str(tmp_path)]) == 0
-    app_frames = frames(result.path)
-    cli_frames = frames(str(tmp_path / "video_64px" / "app-0001_prompt_0000.mp4"))
-    assert app_frames.shape == (5, 48, 80, 3) and app_frames.std() > 0
-    np.testing.assert_array_equal(app_frames, cli_frames)
+    same_frames_as_the_command(argv, result.path, tmp_path, "video_64px/app-0001_prompt_0000.mp4", (5, 48, 80, 3))
 
 
 def test_v2_cancel_removes_the_started_files(handler_v2):
     """t2i2v writes its first frame before the video is sampled: Cancel then leaves neither behind."""
-    seen = []
-
-    def progress(fraction, text):
-        seen.append(text)
-        if text == "sampling step 1/4":
-            assert handler_v2.cancel()
-    with pytest.raises(Cancelled, match="sampling"):
-        handler_v2.generate(Form(prompt="a cat", task="t2i2v", seed=1, name="stopped"), progress=progress)
+    seen = cancelled_at(handler_v2, "sampling step 1/4", Form(prompt="a cat", task="t2i2v", seed=1, name="stopped"))
     assert seen == [f"first frame step {i}/4" for i in range(1, 5)] + ["sampling step 1/4"]
     left = [name for _, _, names in os.walk(handler_v2.base.save_dir) for name in names if name.startswith("stopped")]
     assert not left, left
