@@ -369,8 +369,9 @@ class PipelineV2:
         text = self._text(batch.data["img_txt"], batch.data["img_vec"], 1, h, w)
         img = flow_v2.pack(ms.Tensor(noise).astype(self.dtype), self.patch)
         try:
-            x = flow_v2.DistilledDenoiser(T2I_GUIDANCE).denoise(
-                flux, img, self._schedule(1, h, w), text, dtype=self.dtype, progress_bar=self._step_progress("first frame"))
+            x = flow_v2.DistilledDenoiser(T2I_GUIDANCE).denoise(flux, img, self._schedule(1, h, w), text,
+                                                                dtype=self.dtype,
+                                                                progress_bar=self._step_progress("first frame"))
         except NonFiniteError as err:
             raise self._nonfinite(err, batch, "the text-to-image first frame (Flux)",
                                   f"Flux guidance {T2I_GUIDANCE}") from None
