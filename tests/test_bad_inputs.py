@@ -229,6 +229,8 @@ V2_CASES = [
     ("fps0", ["--prompt", "a", "--fps_save", "0"], "fps_save"),
     ("flow-shift0", ["--prompt", "a", "--sampling_option.flow_shift", "0"], "sampling_option.flow_shift"),
     ("start-neg", ["--prompt", "a", "--start_index", "-1"], "start_index"),
+    ("ckpt-missing", ["--prompt", "a", "--ckpt_path", "/nonexistent/mmdit.safetensors"],
+     "model weights not found: /nonexistent/mmdit.safetensors"),
     # outputs: names stay inside save_dir, samples apart, the policy flags do not contradict
     ("prefix-escape", ["--prompt", "a", "--save-prefix", "../../escape"], "outside"),
     ("overwrite-and-skip", ["--prompt", "a", "--overwrite", "true", "--skip-existing", "true"], "contradict"),

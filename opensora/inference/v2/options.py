@@ -162,4 +162,6 @@ def sampling_options(cfg: Config) -> dict:
 def parse_v2(argv=None) -> Config:
     cfg = v2_schema().parse(argv)
     cfg.sampling = sampling_options(cfg)
+    if cfg.ckpt_path:  # as in 1.x: the flag names the diffusion model's weights
+        cfg.model = {**(cfg.model or {}), "from_pretrained": cfg.ckpt_path}
     return cfg
