@@ -40,8 +40,9 @@ def main(argv=None) -> int:
         return main_v2(argv)
     cfg = inference_schema().parse(argv)
     from opensora.inference.pipeline import InferencePipeline
-    from opensora.runtime import init_runtime_from
+    from opensora.inference.sequence_parallel import check_sequence_parallel_flags, init_sampling_runtime
 
+    check_sequence_parallel_flags(cfg)
     pipeline = InferencePipeline(cfg)  # every check that needs no model, output folder included
     if cfg.write_prompts:
         count = pipeline.write_prompts(cfg.write_prompts)
@@ -51,7 +52,7 @@ def main(argv=None) -> int:
     if not pipeline.request.todo:
         print(f"Inference finished: all {skipped} sample(s) already exist in {cfg.save_dir}; nothing to do")
         return 0
-    init_runtime_from(cfg, seed=cfg.seed, distributed=cfg.use_parallel, sp_size=cfg.sp_size)
+    init_sampling_runtime(cfg, seed=cfg.seed)
     saved = pipeline.load().run()
     print(f"Inference finished: {len(saved)} file(s) written to {cfg.save_dir}"
           + (f", {skipped} finished sample(s) kept" if skipped else ""))
@@ -74,11 +75,12 @@ def config_first(argv: list[str]) -> list[str]:
 def main_v2(argv) -> int:
     """Open-Sora 2.0: every input is checked (sizes, frames, prompts, references, weights, output files) before a
     model loads; the same output rules, flags and exit statuses as 1.x."""
+    from opensora.inference.sequence_parallel import check_sequence_parallel_flags, init_sampling_runtime
     from opensora.inference.v2.options import parse_v2
     from opensora.inference.v2.pipeline import PipelineV2
-    from opensora.runtime import init_runtime_from
 
     cfg = parse_v2(argv)
+    check_sequence_parallel_flags(cfg)
     pipeline = PipelineV2(cfg)  # every check that needs no model, the output files included
     if cfg.write_prompts:
         count = pipeline.write_prompts(cfg.write_prompts)
@@ -88,7 +90,7 @@ def main_v2(argv) -> int:
     if not pipeline.todo:
         print(f"Inference finished: all {skipped} sample(s) already exist in {cfg.save_dir}; nothing to do")
         return 0
-    init_runtime_from(cfg, seed=cfg.seed)
+    init_sampling_runtime(cfg, seed=cfg.seed)
     saved = pipeline.run()
     print(f"Inference finished: {len(saved)} sample(s) written to {cfg.save_dir}"
           + (f", {skipped} finished sample(s) kept" if skipped else ""))

@@ -9,6 +9,7 @@ from __future__ import annotations
 from ..config import Option, Schema, numeric, optional, str2bool
 from ..dtypes import DTYPE_CHOICES
 from ..runtime import SEED_RANGE, runtime_options
+from .sequence_parallel import SEQUENCE_PARALLEL_OPTIONS
 
 
 @numeric
@@ -87,9 +88,7 @@ OPTIONS = [
     Option("skip_size_check", str2bool, False, "do not refuse a size estimated not to fit in the available memory"),
     # runtime
     *runtime_options(),
-    Option("use_parallel", str2bool, False, "under msrun: one process per device (needed by sp_size > 1)"),
-    Option("sp_size", int, 1, "sequence parallel (STDiT3): split each video's tokens across this many msrun "
-           "ranks (all of them); rank 0 writes the outputs", min=1, max=4096),
+    *SEQUENCE_PARALLEL_OPTIONS,
     Option("enable_flash_attn", optional(str2bool), None, "overrides model.enable_flash_attn", aliases=("flash_attn",)),
 ]
 

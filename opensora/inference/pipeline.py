@@ -43,6 +43,7 @@ from .presets import model_size_args
 from .prompts import process_prompt, prompt_for_loop
 from .references import read_reference, split_references
 from .request import check_request
+from .sequence_parallel import sampling_rank_writes, sp_size_of
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ class InferencePipeline:
         # progress hook (the web app's progress bar and Cancel): on_progress(stage, done, total) after each
         # sampling step ("sampling") and around decoding ("decoding", 0/1 then 1/1); raising in it stops the run
         self.on_progress = None
-        self.sp_size = int(cfg.get("sp_size") or 1)
+        self.sp_size = sp_size_of(cfg)
         self.writes = True  # rank 0 writes the outputs (sequence parallel: every rank samples the same videos)
 
     # ------------------------------------------------------------------ building
@@ -80,6 +81,8 @@ class InferencePipeline:
 
     def load(self):
         cfg, rnd = self.cfg, self.cfg.random_weights_dir
+        if self.sp_size > 1:
+            self._check_sequence_parallel()  # before any model
         t0 = time.perf_counter()
         caption_channels = model_max_length = None
         if cfg.text_embed_folder:
@@ -104,7 +107,6 @@ class InferencePipeline:
         model_cfg = dict(cfg.model)
         model_cfg.setdefault("dtype", self.dtype)
         if self.sp_size > 1:
-            self._check_sequence_parallel()
             model_cfg["enable_sequence_parallelism"] = True
         if cfg.enable_flash_attn is not None:
             model_cfg["enable_flash_attn" if "enable_flashattn" not in model_cfg else "enable_flashattn"] = \
@@ -349,17 +351,10 @@ class InferencePipeline:
         return saved
 
     def _check_sequence_parallel(self):
-        from ..runtime import current_runtime
-
-        rt = current_runtime()
-        if rt.sp_size != self.sp_size or rt.device_num != self.sp_size:
-            raise ConfigError(f"sp_size {self.sp_size} splits every video across all msrun ranks: run under msrun "
-                              f"with {self.sp_size} workers and --use_parallel True (this run has "
-                              f"{rt.device_num} rank(s))")
         if self.cfg.model.get("type") not in MODELS_WITH_SEQUENCE_PARALLEL:
             raise ConfigError(f"sp_size > 1: {self.cfg.model.get('type')} has no sequence parallel path "
                               f"({', '.join(MODELS_WITH_SEQUENCE_PARALLEL)} have)")
-        self.writes = rt.is_main_process
+        self.writes = sampling_rank_writes(self.sp_size)
 
     def save_latents(self, latent: ms.Tensor, jobs: list[SampleOutput]) -> list[str]:
         arr, written = latent.asnumpy(), []

@@ -85,10 +85,13 @@ def check_weights(cfg, kinds) -> None:
 
 
 class Models:
-    """``models.get("model")`` builds the section on first use; ``release(...)`` drops models (offload)."""
+    """``models.get("model")`` builds the section on first use; ``release(...)`` drops models (offload).
+    ``sequence_parallel``: the sections built to split their sequences across the runtime's sequence-parallel
+    group (the same random weights as without: the flag is added after they are made)."""
 
-    def __init__(self, cfg, dtype: str):
+    def __init__(self, cfg, dtype: str, sequence_parallel=()):
         self.cfg, self.dtype = cfg, dtype
+        self.sequence_parallel = tuple(sequence_parallel)
         self._built: dict = {}
         self.load_s: dict[str, float] = {}
 
@@ -98,7 +101,10 @@ class Models:
     def get(self, kind: str):
         if kind not in self._built:
             t0 = time.perf_counter()
-            net = registry_of(kind).build(self.section(kind))
+            section = self.section(kind)
+            if kind in self.sequence_parallel:
+                section["enable_sequence_parallelism"] = True
+            net = registry_of(kind).build(section)
             if hasattr(net, "set_train"):
                 net.set_train(False)
             self._built[kind] = net

@@ -17,6 +17,7 @@ from ...datasets import aspect_v2
 from ...dtypes import DTYPE_CHOICES
 from ...runtime import SEED_RANGE, runtime_options
 from ..options import EXISTING_OUTPUT_OPTIONS
+from ..sequence_parallel import SEQUENCE_PARALLEL_OPTIONS
 from .prompts import motion_score_text
 
 # upstream's SamplingOption fields (their defaults there), each with its type and range: a value from the
@@ -121,6 +122,7 @@ OPTIONS = [
     Option("ckpt_path", optional(str), None, "diffusion model weights (overrides model.from_pretrained)"),
     Option("random_weights_dir", str, "models/random-init", "where random weights of null from_pretrained go"),
     *runtime_options(),
+    *SEQUENCE_PARALLEL_OPTIONS,
 ]
 
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -54,11 +55,15 @@ from ..output import (SampleOutput, apply_existing_policy, check_plan, latent_fi
                       save_sample, skip_existing_of)
 from ..prompts import extract_json_from_prompts, load_prompt_rows, safe_file_name
 from ..references import check_reference_path, read_reference, split_references
+from ..sequence_parallel import sampling_rank_writes, sp_size_of
 from .components import Models, check_weights
 from .conditions import cond_type_of, inference_condition, reference_clips
 from .prompts import add_suffixes, motion_score_text
 
 logger = logging.getLogger(__name__)
+
+# the sections sequence parallel splits (the MMDiTs): text and image tokens, heads in the joint attention
+SEQUENCE_PARALLEL_MODELS = ("model", "img_flux")
 
 # noise streams of a sample: the video, the t2i first frame, the posterior draws of its reference clips
 VIDEO_STREAM, IMAGE_STREAM, REFERENCE_STREAM = 0, 1, 2
@@ -118,6 +123,8 @@ class PipelineV2:
         self.channels = int(cfg.model.get("in_channels", 64)) // self.patch ** 2
         self.latent_hw = (self.height // self.geometry.spatial_factor, self.width // self.geometry.spatial_factor)
         self.seed = int(opts["seed"]) if opts["seed"] is not None else int(cfg.seed)
+        self.sp_size = sp_size_of(cfg)
+        self.writes = True  # rank 0 writes the outputs (sequence parallel: every rank samples the same videos)
         self.kind = "image" if self.num_frames == 1 else "video"
         self.sub_dir = f"{self.kind}_{opts['resolution']}" if opts["resolution"] else self.kind
         self.rows = self._rows()
@@ -128,12 +135,13 @@ class PipelineV2:
             prepare_output_dir(cfg.save_dir, "--save-dir")
             self.plan = self._plan()
             self.todo = apply_existing_policy(self.plan, cfg.overwrite, skip_existing_of(cfg))
-        self.models = Models(cfg, canonical(cfg.dtype))
+        self.models = Models(cfg, canonical(cfg.dtype), SEQUENCE_PARALLEL_MODELS if self.sp_size > 1 else ())
         self.stats: dict = {"stages_s": {}, "sample_s": [], "decode_s": []}
         # progress hook (the web app's progress bar and Cancel), as 1.x's: on_progress(stage, done, total) after
         # each step of the video sampler ("sampling") and of the t2i first frame's ("first frame"), and around
         # decoding ("decoding", 0/1 then 1/1); raising in it stops the run there
         self.on_progress = None
+        self._scratch_dir = None
 
     # ------------------------------------------------------------------ checks (no model loaded)
     @staticmethod
@@ -213,6 +221,39 @@ class PipelineV2:
         check_weights(cfg, kinds)
         if cfg.text_embed_folder and not os.path.isdir(cfg.text_embed_folder):
             raise ConfigError(f"--text_embed_folder {cfg.text_embed_folder}: not a folder")
+        if self.sp_size > 1:
+            self._check_sequence_parallel()
+
+    def _check_sequence_parallel(self) -> None:
+        """sp_size > 1: each MMDiT's heads, text tokens and image tokens split into sp_size equal parts (the
+        models refuse otherwise too, but only once they run)."""
+        cfg, sp, p = self.cfg, self.sp_size, self.patch
+        (h, w), t = self.latent_hw, self.latent_frames
+        images = {"model": (t * (h // p) * (w // p), f"{t} latent frames x {h // p} x {w // p} patches",
+                            "--num_frames, --resolution or --aspect_ratio")}
+        if cfg.use_t2i2v:
+            ih, iw = self._image_latent_hw()
+            images["img_flux"] = ((ih // p) * (iw // p), f"{ih // p} x {iw // p} patches",
+                                  "--img_resolution or --aspect_ratio")
+        for kind, (tokens, shape, fix) in images.items():
+            section = cfg.get(kind) or {}
+            if section.get("type") != "flux":
+                raise ConfigError(f"--sp_size {sp}: {kind} type {section.get('type')!r} has no sequence parallel "
+                                  "path (the MMDiT, type flux, has)")
+            heads = section.get("num_heads")
+            if heads is not None and int(heads) % sp:
+                raise ConfigError(f"--sp_size {sp}: each rank attends with an equal share of the heads, but "
+                                  f"{kind}.num_heads ({heads}) is not divisible by {sp}")
+            if tokens % sp:
+                raise ConfigError(f"--sp_size {sp}: the {kind} section's {tokens} image tokens ({shape}) do not "
+                                  f"split into {sp} equal parts; choose another {fix} (or sp_size)")
+        if not cfg.text_embed_folder:  # (cached embeddings: checked when read)
+            self._check_text_tokens(int((cfg.t5 or {}).get("max_length", 0)), "t5.max_length")
+
+    def _check_text_tokens(self, tokens: int, what: str) -> None:
+        if self.sp_size > 1 and tokens % self.sp_size:
+            raise ConfigError(f"--sp_size {self.sp_size}: the {tokens} text tokens ({what}) do not split into "
+                              f"{self.sp_size} equal parts; use a multiple of {self.sp_size}")
 
     # ------------------------------------------------------------------ batches and names
     def processed(self, row: Row) -> str:
@@ -324,6 +365,7 @@ class PipelineV2:
             if "pooled_emb" not in entry:
                 raise ConfigError(f"{path} has no CLIP 'pooled_emb': write it with infer_t5.py --t5 ... --clip ... "
                                   "(an Open-Sora 2.0 text cache)")
+            self._check_text_tokens(entry["text_emb"].shape[0], f"the length of the embeddings in {path}")
             txt.append(entry["text_emb"])
             vec.append(entry["pooled_emb"])
         return np.stack(txt), np.stack(vec)
@@ -361,8 +403,7 @@ class PipelineV2:
     def stage_image(self, batch: Batch) -> None:
         """The t2i first frame: Flux-dev, distilled guidance, one latent frame at the image size."""
         flux = self.models.get("img_flux")
-        ih, iw = self.image_size
-        h, w = 2 * -(-ih // 16), 2 * -(-iw // 16)  # upstream's noise: patch_size * ceil(H / 16)
+        h, w = self._image_latent_hw()
         channels = int(self.cfg.img_flux.get("in_channels", 64)) // self.patch ** 2
         noise = np.stack([seeded_noise(self.seed, r.index, batch.k, IMAGE_STREAM, (channels, 1, h, w))
                           for r in batch.rows])
@@ -377,6 +418,11 @@ class PipelineV2:
                                   f"Flux guidance {T2I_GUIDANCE}") from None
         batch.data["image_latent"] = flow_v2.unpack(x, 1, h, w, self.patch).astype(ms.float32).asnumpy()
 
+    def _image_latent_hw(self) -> tuple[int, int]:
+        """The t2i first frame's latent size: upstream's noise is patch_size * ceil(H / 16) high."""
+        ih, iw = self.image_size
+        return 2 * -(-ih // 16), 2 * -(-iw // 16)
+
     def stage_image_decode(self, batch: Batch) -> None:
         ae = self.models.get("img_flux_ae")
         images = ae.decode(ms.Tensor(batch.data.pop("image_latent")).astype(self.dtype))
@@ -385,10 +431,19 @@ class PipelineV2:
                            f"the Flux AE's weights, or float16 overflow (dtype {self.cfg.dtype})")
         refs = []
         for row, image in zip(batch.rows, images):
-            path = save_sample(image, self.image_path(row, batch.k), self.cfg.fps_save)
-            self._write_text(path, row.text)
+            if self.writes:
+                path = save_sample(image, self.image_path(row, batch.k), self.cfg.fps_save)
+                self._write_text(path, row.text)
+            else:  # the frame conditions the video as read back from its PNG: this rank reads a private copy
+                path = save_sample(image, os.path.join(self._scratch(), f"{row.index}_{batch.k}"), self.cfg.fps_save)
             refs.append(path)
         batch.data["refs"] = refs
+
+    def _scratch(self) -> str:
+        """A folder of this process's own (removed at the end of :meth:`run`)."""
+        if self._scratch_dir is None:
+            self._scratch_dir = tempfile.TemporaryDirectory(prefix="opensora_rank_")
+        return self._scratch_dir.name
 
     def stage_references(self, batch: Batch) -> None:
         """Each reference clip encoded alone; the posterior draw (upstream samples it) seeded per sample."""
@@ -444,6 +499,8 @@ class PipelineV2:
     def stage_decode(self, batch: Batch) -> None:
         latent = batch.data.pop("latent")
         cfg = self.cfg
+        if not self.writes:  # another rank decodes and writes this batch
+            return
         if cfg.save_latent or cfg.no_vae_decode:
             for path, z in zip(batch.paths, latent):
                 save_latent(z, latent_file(path), self.num_frames, cfg.fps_save)
@@ -497,17 +554,26 @@ class PipelineV2:
     def run(self) -> list[str]:
         """Make every sample of ``todo``; -> the videos written (the latents with ``no_vae_decode``). The
         policy is applied again (the output folder may have changed since the pipeline was built)."""
+        if self.sp_size > 1:  # before any model: the msrun ranks form the group; rank 0 writes
+            self.writes = sampling_rank_writes(self.sp_size)
         self.todo = apply_existing_policy(self.plan, self.cfg.overwrite, skip_existing_of(self.cfg))
         batches = self.batches()
         stages = self.stages()
-        if self.cfg.offload:  # stage by stage over every batch; a stage's models go before the next stage
-            for name, kinds, fn in stages:
-                self._timed(name, lambda: [fn(b) for b in batches])
-                self.models.release(*kinds)  # (the VAE is built again for decoding: it is small)
-        else:  # batch by batch, models kept (upstream's order)
-            for batch in self._progress(batches):
-                for name, _, fn in stages:
-                    self._timed(name, lambda: fn(batch))
+        try:
+            if self.cfg.offload:  # stage by stage over every batch; a stage's models go before the next stage
+                for name, kinds, fn in stages:
+                    self._timed(name, lambda: [fn(b) for b in batches])
+                    self.models.release(*kinds)  # (the VAE is built again for decoding: it is small)
+            else:  # batch by batch, models kept (upstream's order)
+                for batch in self._progress(batches):
+                    for name, _, fn in stages:
+                        self._timed(name, lambda: fn(batch))
+        finally:
+            if self._scratch_dir is not None:
+                self._scratch_dir.cleanup()
+                self._scratch_dir = None
+        if not self.writes:
+            return []
         missing = [f for s in self.todo for f in s.files if not os.path.isfile(f)]
         if missing:
             raise RunError(f"{len(missing)} planned output file(s) were not written: {missing[:5]}")
@@ -521,7 +587,7 @@ class PipelineV2:
         self.stats["stages_s"][name] = self.stats["stages_s"].get(name, 0.0) + time.perf_counter() - t0
 
     def _progress(self, batches):
-        if self.cfg.verbose < 1:
+        if self.cfg.verbose < 1 or not self.writes:
             return batches
         from tqdm import tqdm
 
