@@ -6,7 +6,8 @@
         --ckpt_path models/OpenSora-v1-16x256x256.ckpt --prompt_path prompts.txt
     python scripts/inference.py --config configs/tiny/inference/sample_t2v.yaml   # random tiny models, CPU
     msrun --worker_num=2 --local_worker_num=2 --join=True scripts/inference.py --config ... \
-        --use_parallel True --sp_size 2        # sequence parallel: each video's tokens split over 2 devices
+        --use_parallel True --sp_size 2        # sequence parallel (1.2 and 2.0): each video's tokens split over
+                                               # 2 devices, rank 0 writes the outputs
     # Open-Sora 2.0 (a config with a sampling_option section), upstream's flags
     python scripts/inference.py --config configs/opensora-v2/inference/t2i2v_256px.yaml --save-dir samples \
         --prompt "A rainy scene by the sea"
@@ -52,10 +53,11 @@ def main(argv=None) -> int:
     if not pipeline.request.todo:
         print(f"Inference finished: all {skipped} sample(s) already exist in {cfg.save_dir}; nothing to do")
         return 0
-    init_sampling_runtime(cfg, seed=cfg.seed)
+    rt = init_sampling_runtime(cfg, seed=cfg.seed)
     saved = pipeline.load().run()
-    print(f"Inference finished: {len(saved)} file(s) written to {cfg.save_dir}"
-          + (f", {skipped} finished sample(s) kept" if skipped else ""))
+    if rt.is_main_process:  # (sequence parallel: the other ranks write nothing)
+        print(f"Inference finished: {len(saved)} file(s) written to {cfg.save_dir}"
+              + (f", {skipped} finished sample(s) kept" if skipped else ""))
     return 0
 
 
@@ -90,10 +92,11 @@ def main_v2(argv) -> int:
     if not pipeline.todo:
         print(f"Inference finished: all {skipped} sample(s) already exist in {cfg.save_dir}; nothing to do")
         return 0
-    init_sampling_runtime(cfg, seed=cfg.seed)
+    rt = init_sampling_runtime(cfg, seed=cfg.seed)
     saved = pipeline.run()
-    print(f"Inference finished: {len(saved)} sample(s) written to {cfg.save_dir}"
-          + (f", {skipped} finished sample(s) kept" if skipped else ""))
+    if rt.is_main_process:  # (sequence parallel: the other ranks write nothing)
+        print(f"Inference finished: {len(saved)} sample(s) written to {cfg.save_dir}"
+              + (f", {skipped} finished sample(s) kept" if skipped else ""))
     return 0
 
 

@@ -129,6 +129,8 @@ def test_msrun_v2_sampling_and_mmdit_match_one_process(tmp_path):
     for name in ("bad_sp_world", "bad_no_split"):
         assert not (tmp_path / f"{name}_random").exists()  # refused before any model was made
 
+    lines = _check_ranks([r["mmdit"] for r in ranks])  # the MMDiT forwards and gradients
+
     # the same command in one process
     single = _run_script(_flags(str(tmp_path), "single"))
     assert single[0] == 0, single[1][-2000:]
@@ -145,7 +147,6 @@ def test_msrun_v2_sampling_and_mmdit_match_one_process(tmp_path):
     v_diff = float(np.abs(frames[0] - frames[1]).max())
     assert frames[0].shape == frames[1].shape and frames[0].std() > 1 and v_diff <= 1, v_diff
 
-    lines = _check_ranks([r["mmdit"] for r in ranks])
     print(f"\n2.0 sequence parallel (2 msrun CPU workers): sampling latent {z_diff:.1e}, video {v_diff:.0f}/255; "
           f"{', '.join(lines)}; worker sampling {ranks[0]['sample']['seconds']:.0f}s, MMDiT cases "
           f"{ranks[0]['mmdit_seconds']:.0f}s, msrun {msrun_s:.0f}s; {time.time() - start:.1f}s")
@@ -154,11 +155,11 @@ def test_msrun_v2_sampling_and_mmdit_match_one_process(tmp_path):
 @pytest.mark.parametrize("flags, message", [
     (["--sp_size", "2"], "--sp_size 2 splits each video across 2 processes: start the script under msrun"),
     (SP_FLAGS + ["--num_frames", "9", "--aspect_ratio", "16:9"],
-     "the model section's 45 image tokens (3 latent frames x 3 x 5 patches) do not split into 2 equal parts"),
+     "the video model's 45 image tokens (3 latent frames x 3 x 5 patches) do not split into 2 equal parts"),
     (SP_FLAGS + ["--model.num_heads", "3"], "model.num_heads (3) is not divisible by 2"),
     (SP_FLAGS + ["--t5.max_length", "15"], "the 15 text tokens (t5.max_length) do not split into 2 equal parts"),
     (SP_FLAGS + ["--use_t2i2v", "true", "--aspect_ratio", "16:9", "--num_frames", "5"],
-     "the img_flux section's 15 image tokens (3 x 5 patches) do not split into 2 equal parts"),
+     "the text-to-image model's 15 image tokens (3 x 5 patches) do not split into 2 equal parts"),
 ])
 def test_bad_sequence_parallel_flags_refused_before_models(tmp_path, flags, message):
     line = _error_line(_run_script([*_flags(str(tmp_path), "out"), *flags]))

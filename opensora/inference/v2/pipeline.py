@@ -230,12 +230,12 @@ class PipelineV2:
         cfg, sp, p = self.cfg, self.sp_size, self.patch
         (h, w), t = self.latent_hw, self.latent_frames
         images = {"model": (t * (h // p) * (w // p), f"{t} latent frames x {h // p} x {w // p} patches",
-                            "--num_frames, --resolution or --aspect_ratio")}
+                            "--num_frames, --resolution or --aspect_ratio", "the video model")}
         if cfg.use_t2i2v:
             ih, iw = self._image_latent_hw()
             images["img_flux"] = ((ih // p) * (iw // p), f"{ih // p} x {iw // p} patches",
-                                  "--img_resolution or --aspect_ratio")
-        for kind, (tokens, shape, fix) in images.items():
+                                  "--img_resolution or --aspect_ratio", "the text-to-image model")
+        for kind, (tokens, shape, fix, what) in images.items():
             section = cfg.get(kind) or {}
             if section.get("type") != "flux":
                 raise ConfigError(f"--sp_size {sp}: {kind} type {section.get('type')!r} has no sequence parallel "
@@ -245,8 +245,8 @@ class PipelineV2:
                 raise ConfigError(f"--sp_size {sp}: each rank attends with an equal share of the heads, but "
                                   f"{kind}.num_heads ({heads}) is not divisible by {sp}")
             if tokens % sp:
-                raise ConfigError(f"--sp_size {sp}: the {kind} section's {tokens} image tokens ({shape}) do not "
-                                  f"split into {sp} equal parts; choose another {fix} (or sp_size)")
+                raise ConfigError(f"--sp_size {sp}: {what}'s {tokens} image tokens ({shape}) do not split into "
+                                  f"{sp} equal parts; choose another {fix} (or sp_size)")
         if not cfg.text_embed_folder:  # (cached embeddings: checked when read)
             self._check_text_tokens(int((cfg.t5 or {}).get("max_length", 0)), "t5.max_length")
 
