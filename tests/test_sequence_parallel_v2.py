@@ -129,7 +129,7 @@ def test_msrun_v2_sampling_and_mmdit_match_one_process(tmp_path):
     for name in ("bad_sp_world", "bad_no_split"):
         assert not (tmp_path / f"{name}_random").exists()  # refused before any model was made
 
-    lines = _check_ranks([r["mmdit"] for r in ranks])  # the MMDiT forwards and gradients
+    lines = _check_ranks([r["mmdit"] for r in ranks], "pynative:mmdit")  # the MMDiT forwards and gradients
 
     # the same command in one process
     single = _run_script(_flags(str(tmp_path), "single"))
