@@ -7,6 +7,7 @@ zero stages in one launch, to pay the start-up once).
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -173,7 +174,12 @@ def run_msrun(args: list[str], log_dir: str, workers: int = 2, timeout: int = 30
     msrun = os.path.join(os.path.dirname(sys.executable), "msrun")
     cmd = [msrun, f"--worker_num={workers}", f"--local_worker_num={workers}", f"--master_port={_free_port()}",
            "--join=True", f"--log_dir={log_dir}", *args]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    before = set(glob.glob(os.path.join(ROOT, "rank_*")))
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    finally:  # a refused graph compile (a deliberate bad case) dumps rank_N/om/analyze_fail.ir in the cwd
+        for dump in set(glob.glob(os.path.join(ROOT, "rank_*"))) - before:
+            shutil.rmtree(dump, ignore_errors=True)
     if proc.returncode != 0:
         logs = ""
         for name in sorted(os.listdir(log_dir)) if os.path.isdir(log_dir) else []:
