@@ -59,6 +59,20 @@ class PeakMemory:
         return self.peak / 2**30
 
 
+def timed_call(fn) -> tuple:
+    """(result, {"s": seconds, "peak_rss_gb": the process's peak RSS during the call, "increase_gb": that peak
+    above the RSS before it}) of one call of ``fn``, after a garbage collection."""
+    import gc
+
+    gc.collect()
+    before = rss_bytes()
+    with PeakMemory() as mem:
+        start = time.perf_counter()
+        out = fn()
+        seconds = time.perf_counter() - start
+    return out, {"s": seconds, "peak_rss_gb": mem.peak_gb, "increase_gb": (mem.peak - before) / 2**30}
+
+
 @contextmanager
 def timer(store: dict, key: str):
     start = time.perf_counter()

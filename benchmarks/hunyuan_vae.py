@@ -18,12 +18,11 @@ more than this machine's memory for a full-resolution decoder tile.
 from __future__ import annotations
 
 import argparse
-import gc
 import time
 
 import numpy as np
 
-from benchmarks.common import PeakMemory, host_info, rss_bytes, write_report
+from benchmarks.common import host_info, rss_bytes, timed_call, write_report
 
 
 def _copy_weights(ref, vae):
@@ -36,16 +35,6 @@ def _copy_weights(ref, vae):
         raise RuntimeError(f"key sets differ: {sorted(set(params) ^ set(state))[:5]}")
     for name, value in state.items():
         params[name].set_data(ms.Tensor(value.numpy()))
-
-
-def _timed(fn):
-    gc.collect()
-    before = rss_bytes()
-    with PeakMemory() as mem:
-        start = time.perf_counter()
-        out = fn()
-        seconds = time.perf_counter() - start
-    return out, {"s": seconds, "peak_rss_gb": mem.peak_gb, "increase_gb": (mem.peak - before) / 2**30}
 
 
 def run(argv=None) -> dict:
@@ -94,16 +83,16 @@ def run(argv=None) -> dict:
         with torch.no_grad():
             return ref.decode(z_torch).numpy()
 
-    out_ms, report["mindspore_first"] = _timed(ms_decode)  # graph mode: includes compiling
-    out_torch, report["torch_first"] = _timed(torch_decode)
+    out_ms, report["mindspore_first"] = timed_call(ms_decode)  # graph mode: includes compiling
+    out_torch, report["torch_first"] = timed_call(torch_decode)
     report["decoded_shape"] = list(out_ms.shape)
     report["max_abs_diff_vs_torch"] = float(np.abs(out_ms - out_torch).max())
     report["max_abs_torch"] = float(np.abs(out_torch).max())
     del out_ms, out_torch
     runs = {"mindspore": [], "torch": []}
     for _ in range(args.runs):
-        runs["mindspore"].append(_timed(ms_decode)[1])
-        runs["torch"].append(_timed(torch_decode)[1])
+        runs["mindspore"].append(timed_call(ms_decode)[1])
+        runs["torch"].append(timed_call(torch_decode)[1])
     if args.mode == "pynative":  # nothing to compile: the first pair counts too
         runs["mindspore"].insert(0, report["mindspore_first"])
         runs["torch"].insert(0, report["torch_first"])

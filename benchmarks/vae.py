@@ -22,27 +22,15 @@ figures are the process's, and ``rss_rise_gb`` is each part's rise above the RSS
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import time
 
 import numpy as np
 
-from benchmarks.common import PeakMemory, host_info, rss_bytes, write_report
+from benchmarks.common import host_info, rss_bytes, timed_call, write_report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PARTS = ("encode", "temporal_decode", "spatial_decode")
-
-
-def _timed(fn):
-    """(seconds, peak RSS GB, RSS rise GB, result) of one call."""
-    gc.collect()
-    before = rss_bytes()
-    with PeakMemory() as mem:
-        start = time.perf_counter()
-        out = fn()
-        seconds = time.perf_counter() - start
-    return seconds, mem.peak_gb, (mem.peak - before) / 2**30, out
 
 
 def mindspore_parts(vae, x, z, num_frames):
@@ -92,7 +80,8 @@ def run_case(vae, ref, resolution, aspect_ratio, num_frames, runs, parts) -> dic
                 call = (lambda fn=fn, side=side: fn(x_z[side])) if part == "spatial_decode" else fn
                 if part == "spatial_decode" and side not in x_z:
                     x_z[side] = sides[side]["temporal_decode"]()
-                seconds, peak, rise, out = _timed(call)
+                out, timing = timed_call(call)
+                seconds, peak, rise = timing["s"], timing["peak_rss_gb"], timing["increase_gb"]
                 if part == "temporal_decode":
                     x_z[side] = out
                 stats = entry.setdefault(side, {"seconds": [], "peak_rss_gb": 0.0, "rss_rise_gb": 0.0})
