@@ -166,6 +166,7 @@ def test_text_to_video_plays_with_progress(page):
     text_to_video_plays(page, "app.png")
 
 
+@pytest.mark.extended  # suite time: a further case of a class the default suite checks (make test-full)
 def test_two_requests_queue_and_both_finish(page, app, browser):
     """One request runs at a time: a second tab's request waits with its queue position shown, then runs."""
     other = browser(app["url"])

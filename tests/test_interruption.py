@@ -83,6 +83,7 @@ def assert_killed(proc):
 
 
 # --------------------------------------------------------------------------------------------------- sampling
+@pytest.mark.extended  # suite time: a further case of a class the default suite checks (make test-full)
 def test_sampling(tmp_path):
     from opensora.datasets.video_io import read_video
 

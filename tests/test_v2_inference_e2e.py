@@ -59,6 +59,7 @@ def test_t2v_graph_mode(env, tmp_path):
     assert _latent(out).shape == (4, 3, 6, 10)
 
 
+@pytest.mark.extended  # suite time: a further case of a class the default suite checks (make test-full)
 def test_batch_equals_one_by_one(env, tmp_path):
     """i2v_head over two prompts: batch 2 == batch 1 (each sample's noise and posterior draw are its own; that
     both samples get their reference latent back is checked in test_v2_pipeline_composition.py)."""
