@@ -4,6 +4,7 @@ beside the PyTorch reference in the same run.
     python scripts/benchmark.py vae --resolutions 144p --num_frames 17 --torch --output bench/vae.json
     python scripts/benchmark.py vae                            # 144p 2s and 240p 2s, graph mode
     flock /work/.cpu.lock python scripts/benchmark.py vae ...  # on a shared machine
+    python scripts/benchmark.py vae --vae sd --resolutions 256x256 --num_frames 16 --torch --parts decode
 
 Each case: a (1, 3, T, H, W) video in [-1, 1] (aspect 9:16 -> H x W from the preset table) and a latent
 of the matching size. Parts: ``encode`` (``encode_posterior``: spatial then temporal VAE), ``decode``
@@ -18,6 +19,10 @@ temporal VAE and pipeline, diffusers' ``AutoencoderKL`` as the spatial VAE), sam
 2 threads, timed alternately with MindSpore (MindSpore part, then the same torch part) so that both see
 the same machine; ``ratio`` = MindSpore / torch per part. Both models live in this one process: peak RSS
 figures are the process's, and ``rss_rise_gb`` is each part's rise above the RSS before it.
+
+``--vae sd``: the SD VAE of Open-Sora 1.0/1.1 instead (``VideoAutoencoderKL``, the SD VAE config, random
+weights), frame by frame in micro-batches of ``--micro_batch_size``; parts ``encode`` and ``decode``; the
+torch side is diffusers' ``AutoencoderKL`` with the same weights in the same micro-batches.
 """
 from __future__ import annotations
 
@@ -31,6 +36,7 @@ from benchmarks.common import host_info, rss_bytes, timed_call, write_report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PARTS = ("encode", "temporal_decode", "spatial_decode")
+SD_PARTS = ("encode", "decode")  # --vae sd: the SD image VAE frame by frame (1.0/1.1), no temporal half
 
 
 def mindspore_parts(vae, x, z, num_frames):
@@ -58,19 +64,52 @@ def torch_parts(ref, x, z, num_frames):
     }
 
 
-def run_case(vae, ref, resolution, aspect_ratio, num_frames, runs, parts) -> dict:
+def sd_mindspore_parts(vae, x, z, num_frames):
+    import mindspore as ms
+
+    return {"encode": lambda: vae.encode_posterior(ms.Tensor(x))[0].asnumpy(),
+            "decode": lambda: vae.decode(ms.Tensor(z), num_frames).asnumpy()}
+
+
+def sd_torch_parts(ref, x, z, num_frames):
+    """diffusers' ``AutoencoderKL`` frame by frame in the same micro-batches, 0.18215 scaling as upstream."""
+    import torch
+
+    model, batch = ref
+
+    def framewise(video, fn):
+        b, c, t = video.shape[:3]
+        frames = torch.from_numpy(video).permute(0, 2, 1, 3, 4).reshape(b * t, c, *video.shape[3:])
+        with torch.no_grad():
+            out = torch.cat([fn(frames[s:s + batch]) for s in range(0, b * t, batch)])
+        return out.reshape(b, t, *out.shape[1:]).permute(0, 2, 1, 3, 4).numpy()
+
+    return {"encode": lambda: framewise(x, lambda f: model.encode(f).latent_dist.mean * 0.18215),
+            "decode": lambda: framewise(z, lambda f: model.decode(f / 0.18215).sample)}
+
+
+def image_size(resolution, aspect_ratio):
+    """A preset ("144p") with the aspect ratio, or an explicit "HxW" ("256x256")."""
     from opensora.datasets.aspect import get_image_size
 
-    height, width = get_image_size(resolution, aspect_ratio)
+    if "x" in resolution:
+        height, width = (int(v) for v in resolution.split("x"))
+        return height, width
+    return get_image_size(resolution, aspect_ratio)
+
+
+def run_case(vae, ref, resolution, aspect_ratio, num_frames, runs, parts) -> dict:
+    height, width = image_size(resolution, aspect_ratio)
     rng = np.random.default_rng(0)
     x = rng.uniform(-1, 1, (1, 3, num_frames, height, width)).astype(np.float32)
     latent = vae.get_latent_size([num_frames, height, width])
     z = rng.standard_normal([1, vae.out_channels] + latent).astype(np.float32)
     result = {"resolution": resolution, "aspect_ratio": aspect_ratio, "num_frames": num_frames, "height": height,
               "width": width, "latent_size": latent, "parts": {}}
-    sides = {"mindspore": mindspore_parts(vae, x, z, num_frames)}
+    sd = not hasattr(vae, "temporal_vae")
+    sides = {"mindspore": (sd_mindspore_parts if sd else mindspore_parts)(vae, x, z, num_frames)}
     if ref is not None:
-        sides["torch"] = torch_parts(ref, x, z, num_frames)
+        sides["torch"] = (sd_torch_parts if sd else torch_parts)(ref, x, z, num_frames)
     x_z = {}  # the spatial decoder's input: each side's own temporal decode
     for part in parts:
         entry = result["parts"].setdefault(part, {})
@@ -108,36 +147,51 @@ def run_case(vae, ref, resolution, aspect_ratio, num_frames, runs, parts) -> dic
 
 def run(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--resolutions", nargs="+", default=["144p", "240p"])
+    parser.add_argument("--vae", default="1.2", choices=["1.2", "sd"],
+                        help="1.2: OpenSoraVAE_V1_2; sd: the SD VAE of 1.0/1.1 (VideoAutoencoderKL, parts encode/decode)")
+    parser.add_argument("--resolutions", nargs="+", default=["144p", "240p"], help="presets or HxW (256x256)")
     parser.add_argument("--aspect_ratio", default="9:16")
     parser.add_argument("--num_frames", default="2s", help="frames per video: a count or 2s/4s... (2s = 51)")
     parser.add_argument("--micro_batch_size", type=int, default=4)
     parser.add_argument("--micro_frame_size", type=int, default=17)
-    parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=list(PARTS))
+    parser.add_argument("--parts", nargs="+", default=None, choices=list(PARTS) + ["decode"],
+                        help=f"1.2: {' '.join(PARTS)} (default all); sd: {' '.join(SD_PARTS)} (default both)")
     parser.add_argument("--mode", default="graph", choices=["pynative", "graph"])
     parser.add_argument("--runs", type=int, default=2, help="timed runs per part and side (graph: first compiles)")
     parser.add_argument("--torch", action="store_true", help="time the PyTorch reference alternately, same inputs")
     parser.add_argument("--output", default=None, help="write the JSON report here too")
     args = parser.parse_args(argv)
+    valid = SD_PARTS if args.vae == "sd" else PARTS
+    args.parts = args.parts or list(valid)
+    if any(p not in valid for p in args.parts):
+        parser.error(f"--vae {args.vae} has parts {', '.join(valid)}")
 
     from opensora.datasets.aspect import get_num_frames
-    from opensora.models.vae import OpenSoraVAE_V1_2
+    from opensora.models.vae import OpenSoraVAE_V1_2, VideoAutoencoderKL
     from opensora.runtime import init_runtime
 
     init_runtime("CPU", args.mode, seed=0)
     num_frames = get_num_frames(args.num_frames)
     start = time.perf_counter()
-    vae = OpenSoraVAE_V1_2(micro_batch_size=args.micro_batch_size, micro_frame_size=args.micro_frame_size)
+    if args.vae == "sd":
+        vae = VideoAutoencoderKL(micro_batch_size=args.micro_batch_size)  # the SD VAE's config, random weights
+    else:
+        vae = OpenSoraVAE_V1_2(micro_batch_size=args.micro_batch_size, micro_frame_size=args.micro_frame_size)
     vae.set_train(False)
-    report = {"benchmark": "vae", "model": "OpenSoraVAE_V1_2 (full size, random weights)",
+    model = "VideoAutoencoderKL (SD VAE" if args.vae == "sd" else "OpenSoraVAE_V1_2 (full size"
+    report = {"benchmark": "vae", "model": f"{model}, random weights)",
               "parameters": int(sum(int(np.prod(p.shape)) for p in vae.get_parameters())),
               "build_s": time.perf_counter() - start, "rss_after_build_gb": rss_bytes() / 2**30,
               "mode": args.mode, "micro_batch_size": args.micro_batch_size, "runs": args.runs,
               "micro_frame_size": args.micro_frame_size, "host": host_info(), "cases": []}
     ref = None
     if args.torch:
-        ref = build_torch_reference(vae, args.micro_frame_size, args.micro_batch_size)
-        report["torch"] = {"threads": 2, "reference": "tests/reference/vae_temporal_torch.py + diffusers AutoencoderKL",
+        if args.vae == "sd":
+            ref = build_torch_sd_reference(vae), args.micro_batch_size
+        else:
+            ref = build_torch_reference(vae, args.micro_frame_size, args.micro_batch_size)
+        reference = "diffusers AutoencoderKL" + ("" if args.vae == "sd" else " + tests/reference/vae_temporal_torch.py")
+        report["torch"] = {"threads": 2, "reference": reference,
                            "rss_after_build_gb": rss_bytes() / 2**30}
     for resolution in args.resolutions:
         report["cases"].append(run_case(vae, ref, resolution, args.aspect_ratio, num_frames, args.runs, args.parts))
@@ -158,6 +212,19 @@ def build_torch_reference(vae, micro_frame_size, micro_batch_size):
     temporal_kwargs = read_json(os.path.join(ROOT, "tests", "manifests", "vae_v1_2.json"))["temporal_vae_kwargs"]
     return VideoVAEPipelineTorch(state, read_json(SDXL_VAE_CONFIG), temporal_kwargs, micro_frame_size,
                                  micro_batch_size)
+
+
+def build_torch_sd_reference(vae):
+    """diffusers' ``AutoencoderKL`` with the SD VAE config and the MindSpore model's weights."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    from opensora.models.vae.loading import SD_VAE_CONFIG, read_json
+
+    torch.set_num_threads(2)
+    model = AutoencoderKL(**{k: v for k, v in read_json(SD_VAE_CONFIG).items() if not k.startswith("_")}).eval()
+    model.load_state_dict({p.name[len("module."):]: torch.from_numpy(p.asnumpy()) for p in vae.get_parameters()})
+    return model
 
 
 if __name__ == "__main__":
