@@ -44,6 +44,7 @@ from .prompts import process_prompt, prompt_for_loop
 from .references import read_reference, split_references
 from .request import check_request
 from .sequence_parallel import sampling_rank_writes, sp_size_of
+from .sharing import ProgressHook, check_models_match
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ logger = logging.getLogger(__name__)
 MODELS_WITH_SEQUENCE_PARALLEL = ("STDiT3-XL/2", "STDiT3-3B/2")
 
 
-class InferencePipeline:
+class InferencePipeline(ProgressHook):
     """Holds the built components; :meth:`run` samples every prompt. ``stats`` collects timings."""
 
     def __init__(self, cfg, outputs: bool = True):
@@ -146,10 +147,7 @@ class InferencePipeline:
         """Use the models another pipeline loaded (the web app loads them once; each request is a new pipeline
         with its own configuration). Sizes, steps, guidance and prompts may differ; what the models were built
         from may not."""
-        changed = [k for k in self.MODEL_KEYS if self.cfg.get(k) != loaded.cfg.get(k)]
-        if changed:
-            raise ConfigError(f"{', '.join(changed)}: the loaded models were built with other values; "
-                              "restart with them to change them")
+        check_models_match(self.MODEL_KEYS, self.cfg, loaded.cfg)
         if loaded.vae is None and self.needs_vae():
             raise ConfigError("this request needs the VAE, which was not loaded (--no_vae_decode)")
         self.text_encoder, self.vae, self.model = loaded.text_encoder, loaded.vae, loaded.model
@@ -163,10 +161,6 @@ class InferencePipeline:
             raise ConfigError(f"{self.cfg.model['type']} takes no frame conditioning (x_mask)")
         self._build_scheduler()
         return self
-
-    def _report(self, stage: str, done: int, total: int) -> None:
-        if self.on_progress is not None:
-            self.on_progress(stage, done, total)
 
     # ------------------------------------------------------------------ text
     def _cache_file(self, index: int) -> str:
@@ -278,12 +272,6 @@ class InferencePipeline:
         out = out.asnumpy()  # wait for the device
         self.stats.setdefault("sample_s", []).append(time.perf_counter() - t0)
         return ms.Tensor(out)
-
-    def _step_progress(self):
-        """What the sampler reports its steps to: the progress hook, else a tqdm bar with --verbose 2."""
-        if self.on_progress is None:
-            return self.cfg.verbose >= 2
-        return lambda done, total: self._report("sampling", done, total)
 
     def _nonfinite_cause(self) -> str:
         return nonfinite_cause(self.dtype, f"cfg_scale {getattr(self.scheduler, 'cfg_scale', '?')}")

@@ -56,6 +56,7 @@ from ..output import (SampleOutput, apply_existing_policy, check_plan, latent_fi
 from ..prompts import extract_json_from_prompts, load_prompt_rows, safe_file_name
 from ..references import check_reference_path, read_reference, split_references
 from ..sequence_parallel import sampling_rank_writes, sp_size_of
+from ..sharing import ProgressHook, check_models_match
 from .components import Models, check_weights
 from .conditions import cond_type_of, inference_condition, reference_clips
 from .prompts import add_suffixes, motion_score_text
@@ -94,7 +95,7 @@ class Batch:
     data: dict = field(default_factory=dict)  # stage results
 
 
-class PipelineV2:
+class PipelineV2(ProgressHook):
     """Checks everything a run needs (sizes, frames, prompts, references, weights, every output file) when
     built; :meth:`run` loads models and writes the samples. ``plan``: every sample's files; ``todo``: those
     to make under the overwrite policy. ``stats`` collects timings."""
@@ -533,22 +534,9 @@ class PipelineV2:
 
     def share_models(self, models: Models) -> "PipelineV2":
         """Use models another pipeline built (the web app builds them once; each request is a new pipeline)."""
-        changed = [k for k in self.MODEL_KEYS if self.cfg.get(k) != models.cfg.get(k)]
-        if changed:
-            raise ConfigError(f"{', '.join(changed)}: the loaded models were built with other values; "
-                              "restart with them to change them")
+        check_models_match(self.MODEL_KEYS, self.cfg, models.cfg)
         self.models = models
         return self
-
-    def _step_progress(self, stage: str):
-        """What a sampler reports its steps to: the progress hook, else a tqdm bar with --verbose 2."""
-        if self.on_progress is None:
-            return self.cfg.verbose >= 2
-        return lambda done, total: self.on_progress(stage, done, total)
-
-    def _report(self, stage: str, done: int, total: int) -> None:
-        if self.on_progress is not None:
-            self.on_progress(stage, done, total)
 
     # ------------------------------------------------------------------ running
     def run(self) -> list[str]:
