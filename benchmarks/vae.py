@@ -20,6 +20,14 @@ temporal VAE and pipeline, diffusers' ``AutoencoderKL`` as the spatial VAE), sam
 the same machine; ``ratio`` = MindSpore / torch per part. Both models live in this one process: peak RSS
 figures are the process's, and ``rss_rise_gb`` is each part's rise above the RSS before it.
 
+Peak memory: MindSpore's memory pool keeps what a part reached, so the parts after it rise less. For each
+part's own peak run it alone, one side per process (``--side``; without ``temporal_decode`` among the parts
+the spatial decoder gets a random latent of the same shape):
+
+    for side in mindspore torch; do for part in encode temporal_decode spatial_decode; do
+        python scripts/benchmark.py vae --resolutions 144p --num_frames 17 --side $side --parts $part --runs 1
+    done; done
+
 ``--vae sd``: the SD VAE of Open-Sora 1.0/1.1 instead (``VideoAutoencoderKL``, the SD VAE config, random
 weights), frame by frame in micro-batches of ``--micro_batch_size``; parts ``encode`` and ``decode``; the
 torch side is diffusers' ``AutoencoderKL`` with the same weights in the same micro-batches.
@@ -98,7 +106,7 @@ def image_size(resolution, aspect_ratio):
     return get_image_size(resolution, aspect_ratio)
 
 
-def run_case(vae, ref, resolution, aspect_ratio, num_frames, runs, parts) -> dict:
+def run_case(vae, ref, resolution, aspect_ratio, num_frames, runs, parts, only=None) -> dict:
     height, width = image_size(resolution, aspect_ratio)
     rng = np.random.default_rng(0)
     x = rng.uniform(-1, 1, (1, 3, num_frames, height, width)).astype(np.float32)
@@ -110,7 +118,12 @@ def run_case(vae, ref, resolution, aspect_ratio, num_frames, runs, parts) -> dic
     sides = {"mindspore": (sd_mindspore_parts if sd else mindspore_parts)(vae, x, z, num_frames)}
     if ref is not None:
         sides["torch"] = (sd_torch_parts if sd else torch_parts)(ref, x, z, num_frames)
+    if only is not None:
+        sides = {only: sides[only]}
     x_z = {}  # the spatial decoder's input: each side's own temporal decode
+    if "temporal_decode" not in parts:  # or random (same cost): no decode before it grows the memory first
+        spatial_latent = rng.standard_normal((1, 4, num_frames, height // 8, width // 8)).astype(np.float32)
+        x_z = dict.fromkeys(sides, spatial_latent)
     for part in parts:
         entry = result["parts"].setdefault(part, {})
         for r in range(runs):
@@ -159,6 +172,8 @@ def run(argv=None) -> dict:
     parser.add_argument("--mode", default="graph", choices=["pynative", "graph"])
     parser.add_argument("--runs", type=int, default=2, help="timed runs per part and side (graph: first compiles)")
     parser.add_argument("--torch", action="store_true", help="time the PyTorch reference alternately, same inputs")
+    parser.add_argument("--side", default=None, choices=["mindspore", "torch"],
+                        help="run one side only (peak memory of a part in a process of its own, see above)")
     parser.add_argument("--output", default=None, help="write the JSON report here too")
     args = parser.parse_args(argv)
     valid = SD_PARTS if args.vae == "sd" else PARTS
@@ -185,7 +200,7 @@ def run(argv=None) -> dict:
               "mode": args.mode, "micro_batch_size": args.micro_batch_size, "runs": args.runs,
               "micro_frame_size": args.micro_frame_size, "host": host_info(), "cases": []}
     ref = None
-    if args.torch:
+    if args.torch or args.side == "torch":
         if args.vae == "sd":
             ref = build_torch_sd_reference(vae), args.micro_batch_size
         else:
@@ -194,7 +209,8 @@ def run(argv=None) -> dict:
         report["torch"] = {"threads": 2, "reference": reference,
                            "rss_after_build_gb": rss_bytes() / 2**30}
     for resolution in args.resolutions:
-        report["cases"].append(run_case(vae, ref, resolution, args.aspect_ratio, num_frames, args.runs, args.parts))
+        report["cases"].append(run_case(vae, ref, resolution, args.aspect_ratio, num_frames, args.runs, args.parts,
+                                        args.side))
         write_report(report, args.output)  # after each case: a long run keeps what it measured
     return report
 

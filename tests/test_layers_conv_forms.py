@@ -56,6 +56,16 @@ def test_conv_as_gemms_matches_torch(case, mode):
 
 
 @MODES
+@pytest.mark.parametrize("shape,axis", [((3, 4, 5), 0), ((2, 3, 4, 5), 1), ((2, 5, 3, 7), 2)])
+def test_swap_adjacent_axes_is_a_transpose(shape, axis, mode):
+    """The Split + Stack form of exchanging two neighbouring axes (the CPU's Transpose keeps memory)."""
+    ms.set_context(mode=mode)
+    x = np.random.default_rng(3).standard_normal(shape).astype(np.float32)
+    swap = ms.jit(forms.swap_adjacent_axes, static_argnums=1) if mode == ms.GRAPH_MODE else forms.swap_adjacent_axes
+    np.testing.assert_array_equal(swap(ms.Tensor(x), axis).asnumpy(), np.swapaxes(x, axis, axis + 1))
+
+
+@MODES
 @pytest.mark.parametrize("stride,kernel", [(1, 3), (2, 3), (1, 1)])
 def test_causal_conv3d_matches_torch(stride, kernel, mode):
     """Causal time padding (zeros in front only) then the GEMM form, against torch's pad + conv3d."""

@@ -357,20 +357,18 @@ def gemm_plan(x_shape, w_shape, stride, padding, dilation):
     return _gemm_plan(tuple(x_shape), tuple(w_shape), tuple(stride), tuple(padding), tuple(dilation))
 
 
-def _stride1_rows(xs, stacked_weight, taps, length: int, kw_step: int):
-    """The stride-1 case of :func:`conv_as_gemms` in one GEMM: the KW taps of a kernel row differ only by a
-    shift of ``kw_step`` columns, so the KW shifted copies of the input are stacked once, (C·KW, L'), and
-    every kernel row's weights multiply them in one MatMul (R·O, C·KW) @ (C·KW, L'); the output is then the
-    sum over kernel rows r of that row's (O, L) block read at the row's offset. Fewer, larger ops than a
-    stack and a MatMul per row: on the CPU backend ~30% faster on the VAEs' 3x3 layers (the slices and
-    stacks were a third of the time), at the price of an (R·O, L') intermediate."""
+def _stride1_rows(xs, stacked_weight, bases, length: int, kw_step: int):
+    """The stride-1 case of :func:`conv_as_gemms` for one sample ``xs`` (C, L') in one GEMM: the KW taps of a
+    kernel row differ only by a shift of ``kw_step`` columns, so the KW shifted copies of the input are
+    stacked once, (C·KW, L''), and every kernel row's weights multiply them in one MatMul
+    (R·O, C·KW) @ (C·KW, L''); the output is then the sum over kernel rows r of that row's (O, L) block read
+    at the row's offset ``bases[r]``. Fewer, larger ops than a stack and a MatMul per row: on the CPU backend
+    ~30% faster on the VAEs' 3x3 layers (the slices and stacks were a third of the time), at the price of
+    an (R·O, L'') intermediate."""
     c_kw = stacked_weight.shape[1]
-    rows = len(taps)
+    rows = len(bases)
     o = stacked_weight.shape[0] // rows
-    kw = len(taps[0])
-    bases = []
-    for row in taps:
-        bases.append(row[0][1])
+    kw = c_kw // xs.shape[0]
     span = length + max(bases)  # every row's window fits in it
     if kw == 1:
         x_rows = ops.narrow(xs, 1, 0, span)
@@ -389,6 +387,57 @@ def _stride1_rows(xs, stacked_weight, taps, length: int, kw_step: int):
     return ops.addn(terms)  # one pass over the terms: a few % faster than a chain of Adds
 
 
+def _strided_rows(xs, flat_weight, taps, length: int):
+    """A strided convolution for one sample ``xs`` (phases·C, L'): per kernel row one MatMul of its weights
+    (O, C·KW) with its KW taps' slices, each read from its stride phase's plane."""
+    o, c = flat_weight.shape[0], flat_weight.shape[1]
+    kw = len(taps[0])
+    out = None
+    for r, row in enumerate(taps):
+        cols = []
+        for phase, offset in row:
+            cols.append(ops.narrow(ops.narrow(xs, 0, phase * c, c), 1, offset, length))
+        if kw == 1:
+            term = ops.matmul(ops.narrow(flat_weight, 2, r, 1).reshape(o, c), cols[0])
+        else:  # rows (c, k): the weight's own order
+            term = ops.matmul(ops.narrow(flat_weight, 2, r * kw, kw).reshape(o, c * kw),
+                              ops.stack(cols, axis=1).reshape(c * kw, length))
+        out = term if out is None else out + term
+    return out
+
+
+def swap_adjacent_axes(x, axis: int):
+    """``x`` with axes ``axis`` and ``axis + 1`` exchanged, by a Split along ``axis`` and a Stack (meant for a
+    short ``axis``): in graph mode the CPU's Transpose kernel keeps about twice its output alive for the
+    graph's lifetime (measured, MindSpore 2.10); Split and Stack keep nothing. Exact on every backend."""
+    shape = x.shape
+    # the pieces (.., 1, B, ..) stacked after B: (.., 1, B, A, ..); no Python loop (graph mode would recurse)
+    swapped = ops.stack(ops.split(x, 1, axis=axis), axis=axis + 2)
+    return swapped.reshape(shape[:axis] + (shape[axis + 1], shape[axis]) + shape[axis + 2:])
+
+
+def split_phases(xs, extent, stride):
+    """(N, C, D'·s0 · H'·s1 · W'·s2) -> (N, s0·s1·s2·C, D'·H'·W'): each stride phase (p0, p1, p2) of the
+    input as a plane of its own, phases outermost. By Splits and one Concat: in graph mode the CPU's
+    Transpose kernel keeps about twice its output alive for the graph's lifetime (measured, MindSpore 2.10),
+    and a strided convolution's input is one of the larger activations."""
+    n, c = xs.shape[0], xs.shape[1]
+    (ed, eh, ew), (s0, s1, s2) = extent, stride
+    planes = [xs.reshape(n * c * ed, s0 * eh * s1 * ew * s2)]
+    for axis_len, s, inner in ((s0, s0, eh * s1 * ew * s2), (eh * s1, s1, ew * s2), (ew * s2, s2, 1)):
+        split = []
+        for plane in planes:  # (rows, ..., axis_len · inner): the phase p of this axis is a Split piece
+            rows = plane.shape[0]
+            pieces = ops.split(plane.reshape(rows, -1, s, inner), 1, axis=2)
+            for piece in pieces:
+                split.append(piece.reshape(rows, -1))
+        planes = split
+    out = []
+    for plane in planes:
+        out.append(plane.reshape(n, c, ed * eh * ew))
+    return out[0] if len(out) == 1 else ops.cat(out, axis=1)
+
+
 def conv_as_gemms(x, weight, bias, stride, padding, dilation):
     """A 3-D convolution (groups 1, zero padding ``((d0, d1), (h0, h1), (w0, w1))``) as MatMuls over
     contiguous shifted slices of the padded input flattened per channel: the fast path of the CPU backend
@@ -400,9 +449,9 @@ def conv_as_gemms(x, weight, bias, stride, padding, dilation):
     and the grid is cropped to (D_out, H_out, W_out); with stride 1 all kernel rows share one MatMul
     (:func:`_stride1_rows`). Padding is shared between neighbouring lines (the
     zeros after a line are also the next line's left padding), so the extra columns are few. A strided
-    axis is split into its stride's phases first (each a plane of its own). Only Slice, Concat, Stack,
+    axis is split into its stride's phases first (:func:`split_phases`). Only Slice, Split, Concat, Stack,
     MatMul and same-shape Add run: the CPU's strided-slice, pad and reference-convolution kernels are
-    10-100x slower than memory speed.
+    10-100x slower than memory speed, and its Transpose keeps memory in graph mode.
     """
     n, c = x.shape[0], x.shape[1]
     o = weight.shape[0]
@@ -412,49 +461,45 @@ def conv_as_gemms(x, weight, bias, stride, padding, dilation):
     phases = stride[0] * stride[1] * stride[2]
     kw = weight.shape[4]
     flat_weight = weight.reshape(o, c, -1)  # (O, C, KD·KH·KW): the KW taps of a kernel row are adjacent
+    xs = pad_columns(x.reshape(n * c * d * h, w), before[2], after[2])
+    wp = w + before[2] + after[2]
+    xs = pad_columns(xs.reshape(n * c * d, h * wp), before[1] * wp, after[1] * wp)
+    hp = h + before[1] + after[1]
     stacked_weight = None
-    if phases == 1:  # the kernel rows' weights stacked: (R·O, C·KW), rows (r, o), columns (c, k)
+    bases = []  # per kernel row: the flat offset of its first tap (stride 1)
+    for row in taps:
+        bases.append(row[0][1])
+    if phases == 1:
+        xs = pad_columns(xs.reshape(n * c, d * hp * wp), head + before[0] * hp * wp, after[0] * hp * wp + tail)
         rows = len(taps)
         if rows == 1:
             stacked_weight = flat_weight.reshape(o, c * kw)
-        else:  # a Split and a Concat: a Transpose of a Parameter keeps ~2x the weight alive in graph mode
+        else:  # rows (r, o), columns (c, k), by a Split and a Concat (a Transpose would keep memory, above)
             pieces = []
             for piece in ops.split(flat_weight, kw, axis=2):
                 pieces.append(piece.reshape(1, o, c * kw))
             stacked_weight = ops.cat(pieces, axis=0).reshape(rows * o, c * kw)
+        xs = xs.reshape(n, c, -1)
+    else:
+        xs = pad_columns(xs.reshape(n * c, d * hp * wp), before[0] * hp * wp, after[0] * hp * wp)
+        xs = split_phases(xs.reshape(n, c, -1), (ed, eh, ew), stride)
+        xs = pad_columns(xs.reshape(n * phases * c, ed * eh * ew), head, tail).reshape(n, phases * c, -1)
+    # one sample at a time, 2-D MatMuls only: a MatMul broadcasting the weight over a batch keeps about the
+    # weight's size alive per call in graph mode (measured); a batch of images comes as one sample of depth N
     outs = []
     for s in range(n):
-        xs = ops.narrow(x, 0, s, 1)
-        xs = pad_columns(xs.reshape(c * d * h, w), before[2], after[2])
-        wp = w + before[2] + after[2]
-        xs = pad_columns(xs.reshape(c * d, h * wp), before[1] * wp, after[1] * wp)
-        hp = h + before[1] + after[1]
+        xb = xs if n == 1 else ops.narrow(xs, 0, s, 1)
+        xb = xb.reshape(xb.shape[1], xb.shape[2])
         if phases == 1:
-            xs = pad_columns(xs.reshape(c, d * hp * wp), head + before[0] * hp * wp, after[0] * hp * wp + tail)
+            out = _stride1_rows(xb, stacked_weight, bases, length, dilation[2])
         else:
-            xs = pad_columns(xs.reshape(c, d * hp * wp), before[0] * hp * wp, after[0] * hp * wp)
-            xs = xs.reshape(c, ed, stride[0], eh, stride[1], ew, stride[2]).transpose(2, 4, 6, 0, 1, 3, 5)
-            xs = pad_columns(xs.reshape(phases * c, ed * eh * ew), head, tail)
-        if phases == 1:
-            out = _stride1_rows(xs, stacked_weight, taps, length, dilation[2])
-        else:
-            out = None
-            for r, row in enumerate(taps):
-                cols = []
-                for phase, offset in row:
-                    cols.append(ops.narrow(ops.narrow(xs, 0, phase * c, c), 1, offset, length))
-                if kw == 1:
-                    term = ops.matmul(ops.narrow(flat_weight, 2, r, 1).reshape(o, c), cols[0])
-                else:  # rows (c, k): the weight's own order
-                    term = ops.matmul(ops.narrow(flat_weight, 2, r * kw, kw).reshape(o, c * kw),
-                                      ops.stack(cols, axis=1).reshape(c * kw, length))
-                out = term if out is None else out + term
-        if bias is not None:
-            out = ops.bias_add(out.reshape(1, o, length), bias).reshape(o, length)
-        # crop the (od, eh, ew) grid to (od, oh, ow): two Slices on 2-D views
-        out = ops.narrow(out.reshape(o * od * eh, ew), 1, 0, ow).reshape(o * od, eh * ow)
-        outs.append(ops.narrow(out, 1, 0, oh * ow).reshape(1, o, od, oh, ow))
-    return outs[0] if n == 1 else ops.cat(outs, axis=0)
+            out = _strided_rows(xb, flat_weight, taps, length)
+        out = out.reshape(1, o, length)
+        outs.append(out if bias is None else ops.bias_add(out, bias))
+    out = outs[0] if n == 1 else ops.cat(outs, axis=0)
+    # crop the (od, eh, ew) grid to (od, oh, ow): two Slices on 2-D views
+    out = ops.narrow(out.reshape(n * o * od * eh, ew), 1, 0, ow).reshape(n * o * od, eh * ow)
+    return ops.narrow(out, 1, 0, oh * ow).reshape(n, o, od, oh, ow)
 
 
 def conv_spec(dims: int, in_channels: int, out_channels: int, kernel_size, stride, padding, dilation,
@@ -488,9 +533,10 @@ def _convolution_cpu(x, weight, bias, spec, min_macs):
         return conv_as_gemms(x, weight, bias, *gemm)
     if x.shape[0] == 1:
         return conv_as_gemms(x.expand_dims(2), weight.expand_dims(2), bias, *gemm).squeeze(2)
-    # a batch of images as one sample of depth N: one set of GEMMs for the whole batch (fewer, larger ops)
-    out = conv_as_gemms(x.transpose(1, 0, 2, 3).expand_dims(0), weight.expand_dims(2), bias, *gemm)
-    return out.squeeze(0).transpose(1, 0, 2, 3)
+    # a batch of images as one sample of depth N: one set of GEMMs for the whole batch (fewer, larger ops, a
+    # third of the graph to compile next to a GEMM set per image); the axis swaps by Split + Stack
+    out = conv_as_gemms(swap_adjacent_axes(x, 0).expand_dims(0), weight.expand_dims(2), bias, *gemm)
+    return swap_adjacent_axes(out.squeeze(0), 0)
 
 
 CONVOLUTION = Formulation(_convolution_plain, _convolution_cpu)

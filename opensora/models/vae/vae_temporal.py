@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from mindspore import nn, ops
 
+from ..layers import forms
 from ..layers.nn import Conv3d, GroupNorm, silu
 from ..registry import VAES
 from .geometry import ChunkedGeometry
@@ -156,7 +157,8 @@ class Decoder(nn.Cell):
                 if ts > 1:
                     # "B (C ts) T H W -> B C (T ts) H W" (spatial stride is 1 in this VAE)
                     b, c, t, h, w = x.shape
-                    x = x.reshape(b, c // ts, ts, t, h, w).transpose(0, 1, 3, 2, 4, 5).reshape(b, c // ts, t * ts, h, w)
+                    x = forms.swap_adjacent_axes(x.reshape(b, c // ts, ts, t, h * w), 2)
+                    x = x.reshape(b, c // ts, t * ts, h, w)
         return self.conv_out(silu(self.norm1(x)))
 
 
