@@ -430,9 +430,9 @@ def split_phases(xs, extent, stride):
     n, c = xs.shape[0], xs.shape[1]
     (ed, eh, ew), (s0, s1, s2) = extent, stride
     planes = [xs.reshape(n * c * ed, s0 * eh * s1 * ew * s2)]
-    for axis_len, s, inner in ((s0, s0, eh * s1 * ew * s2), (eh * s1, s1, ew * s2), (ew * s2, s2, 1)):
+    for s, inner in ((s0, eh * s1 * ew * s2), (s1, ew * s2), (s2, 1)):
         split = []
-        for plane in planes:  # (rows, ..., axis_len · inner): the phase p of this axis is a Split piece
+        for plane in planes:  # (rows, ..., s · inner): the phase p of this axis is a Split piece
             rows = plane.shape[0]
             pieces = ops.split(plane.reshape(rows, -1, s, inner), 1, axis=2)
             for piece in pieces:
@@ -452,8 +452,8 @@ def conv_as_gemms(x, weight, bias, stride, padding, dilation):
     Each sample is stored as (C, D', H', W') flattened to (C, D'·H'·W'); kernel tap (i, j, k) then reads the
     same flat slice shifted by ``i·H'W' + j·W' + k``, so the output on the whole (D_out, H', W') grid is the
     sum over kernel rows of one MatMul ``weight[:, :, i, j, :] (O, C·KW) @ [KW shifted slices] (C·KW, L)``,
-    and the grid is cropped to (D_out, H_out, W_out); with stride 1 all kernel rows share one MatMul
-    (:func:`_stride1_rows`). Padding is shared between neighbouring lines (the
+    and the grid is cropped to (D_out, H_out, W_out); with stride 1 the kernel rows of a depth tap share one
+    MatMul (:func:`_stride1_rows`). Padding is shared between neighbouring lines (the
     zeros after a line are also the next line's left padding), so the extra columns are few. A strided
     axis is split into its stride's phases first (:func:`split_phases`). Only Slice, Split, Concat, Stack,
     MatMul and same-shape Add run: the CPU's strided-slice, pad and reference-convolution kernels are
