@@ -121,9 +121,11 @@ def run_case(vae, ref, resolution, aspect_ratio, num_frames, runs, parts, only=N
     if only is not None:
         sides = {only: sides[only]}
     x_z = {}  # the spatial decoder's input: each side's own temporal decode
-    if "temporal_decode" not in parts:  # or random (same cost): no decode before it grows the memory first
-        spatial_latent = rng.standard_normal((1, 4, num_frames, height // 8, width // 8)).astype(np.float32)
-        x_z = dict.fromkeys(sides, spatial_latent)
+    if "spatial_decode" in parts and "temporal_decode" not in parts:
+        # a random latent (same cost): no temporal decode before it grows the memory pool first
+        spatial = vae.spatial_vae
+        shape = [1, spatial.out_channels] + spatial.get_latent_size([num_frames, height, width])
+        x_z = dict.fromkeys(sides, rng.standard_normal(shape).astype(np.float32))
     for part in parts:
         entry = result["parts"].setdefault(part, {})
         for r in range(runs):
