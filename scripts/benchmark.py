@@ -2,7 +2,7 @@
 
     python scripts/benchmark.py sample --config configs/tiny/inference/sample_t2v.yaml \
         --warmup-count 1 --eval-count 2 --benchmark-save-path outputs/bench_sample.json
-    python scripts/benchmark.py vae|stdit|train|hunyuan_vae|precision|mmdit|mmdit_sp ...   (see each module's docstring)
+    python scripts/benchmark.py vae|vae_graphs|stdit|train|hunyuan_vae|precision|mmdit|mmdit_sp ...   (see each module's docstring)
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("GLOG_v", "3")
 
-KINDS = ("sample", "vae", "stdit", "train", "hunyuan_vae", "precision", "mmdit", "mmdit_sp")
+KINDS = ("sample", "vae", "vae_graphs", "stdit", "train", "hunyuan_vae", "precision", "mmdit", "mmdit_sp")
 
 
 def main(argv=None) -> int:

@@ -111,7 +111,7 @@ def bfloat16_compute_available(device_target: str | None = None) -> bool:
 
 def samples_in_host_memory(device_target: str | None = None) -> bool:
     """The CPU backend: sampling's activations live in the host's memory (checked against what is free before a
-    run) and its graph mode keeps every intermediate of a compiled graph alive."""
+    run) and its compiled graphs hold memory of their own (compiling, and kernels that keep their outputs)."""
     return (device_target or backend()) == "CPU"
 
 
