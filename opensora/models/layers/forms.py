@@ -541,7 +541,8 @@ def _convolution_cpu(x, weight, bias, spec, min_macs):
         # runtime keeps a copy computed from Parameters alone for the graph's lifetime, one weight per layer
         # (measured: the temporal VAE's decoder rose 1.57 GB with them, 0.98 GB without; its 3x3x3 weights are
         # 630 MB). Not for the 2-D layers, whose weights are small: there the later copies raised the SD
-        # encoder's peak by 0.16 GB (the runtime's order of the large activations changes)
+        # encoder's peak by 0.16 GB (measured; why was not found). The depend must be on
+        # the layer's input: on the padded input inside conv_as_gemms the copies stayed (1.57 GB again, measured)
         return conv_as_gemms(x, ops.depend(weight, x), bias, *gemm)
     if x.shape[0] == 1:
         return conv_as_gemms(x.expand_dims(2), weight.expand_dims(2), bias, *gemm).squeeze(2)
