@@ -100,6 +100,20 @@ def host_info() -> dict:
     }
 
 
+def child_report(module: str, *args: str) -> dict:
+    """Run ``python -m <module> <args>`` from the repository root (a measurement in a process of its own) and return
+    the JSON object on the last line of its stdout; a failed child raises with the end of its stderr."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=root, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{module} {' '.join(args)}: the measuring process failed ({proc.returncode}):\n"
+                           f"{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def write_report(report: dict, path: str | None) -> None:
     """Print the report and, when a path is given, write it as JSON."""
     text = json.dumps(report, indent=2, default=str)

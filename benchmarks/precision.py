@@ -12,10 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 
-from benchmarks.common import host_info, write_report
+from benchmarks.common import child_report, host_info, write_report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_CONFIG = os.path.join(ROOT, "configs/tiny/inference/sample_t2v.yaml")
@@ -38,9 +36,7 @@ def weights_child(dtype: str) -> dict:
 
 
 def _child(dtype: str) -> dict:
-    out = subprocess.run([sys.executable, "-m", "benchmarks.precision", "--weights-child", dtype], cwd=ROOT,
-                         capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return child_report("benchmarks.precision", "--weights-child", dtype)
 
 
 def _sample_step(dtype: str, runs: int) -> dict:

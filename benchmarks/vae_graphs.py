@@ -14,13 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 
-from benchmarks.common import PeakMemory, host_info, rss_bytes, write_report
+from benchmarks.common import PeakMemory, child_report, host_info, rss_bytes, write_report
 
 GRAPHS = ("spatial_encoder", "spatial_decoder", "temporal_encoder", "temporal_decoder")
 
@@ -83,13 +80,8 @@ def run(argv=None) -> dict:
               "host": host_info(), "graphs": []}
     common = ["--resolution", args.resolution, "--aspect_ratio", args.aspect_ratio,
               "--micro_batch_size", str(args.micro_batch_size), "--micro_frame_size", str(args.micro_frame_size)]
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     for graph in args.graphs:
-        proc = subprocess.run([sys.executable, "-m", "benchmarks.vae_graphs", "--one", graph, *common], cwd=root,
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{graph}: the measuring process failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-        entry = json.loads(proc.stdout.strip().splitlines()[-1])
+        entry = child_report("benchmarks.vae_graphs", "--one", graph, *common)
         print(f"{graph} {entry['input_shape']}: compile +{entry['compile_rise_gb']:.2f} GB, "
               f"first run +{entry['first_run_rise_gb']:.2f} GB", flush=True)
         report["graphs"].append(entry)

@@ -23,6 +23,7 @@ from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs/tiny/inference/sample_t2v.yaml")
+APP_STEPS = 8  # the 1.x app's sampling steps; tests that change the field set it back
 CONFIG_V2 = os.path.join(ROOT, "configs/tiny/inference/sample_v2.yaml")
 ARTIFACTS = os.environ.get("TEST_ARTIFACTS", os.path.join(ROOT, "test-artifacts"))
 
@@ -77,7 +78,7 @@ def start_app(out, weights, config, *flags):
 def app(tmp_path_factory):
     """The 1.2 tiny app: {url, out (its output folder)}."""
     out, weights = tmp_path_factory.mktemp("app"), tmp_path_factory.mktemp("weights")
-    proc, url, log = start_app(out, weights, CONFIG, "--image_size", "32", "32", "--num_sampling_steps", "8")
+    proc, url, log = start_app(out, weights, CONFIG, "--image_size", "32", "32", "--num_sampling_steps", str(APP_STEPS))
     yield {"url": url, "out": out}
     proc.terminate()
     proc.wait(timeout=30)
@@ -190,7 +191,7 @@ def test_two_requests_queue_and_both_finish(page, app, browser):
     assert progress[0].startswith("queue") and "sampling step 1/3" in progress, progress  # waited, then ran
     assert first.split()[-1] != second.split()[-1]  # each its own file
     other.close()
-    page.fill("#steps input", "8")
+    page.fill("#steps input", str(APP_STEPS))
 
 
 def test_cancel_during_sampling(page, app):
@@ -207,7 +208,7 @@ def test_cancel_during_sampling(page, app):
     page.click("#cancel")
     status = finished(page)
     page.fill("#name textarea", "")
-    page.fill("#steps input", "8")
+    page.fill("#steps input", str(APP_STEPS))
     assert status.startswith("Cancelled") and "sampling" in status, status
     steps = [t for t in page.evaluate("() => window.__progress") if t.startswith("sampling step")]
     assert "sampling step 200/200" not in steps, steps  # it stopped before the last step

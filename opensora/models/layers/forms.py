@@ -537,12 +537,9 @@ def _convolution_cpu(x, weight, bias, spec, min_macs):
     if native[3] != 1 or x.shape[0] * positions * macs_per_output < min_macs:
         return _convolution_plain(x, weight, bias, spec, min_macs)
     if dims == 3:
-        # the weight's GEMM layouts (Split/Concat copies) are made after the input exists: in graph mode the CPU
-        # runtime keeps a copy computed from Parameters alone for the graph's lifetime, one weight per layer
-        # (measured: the temporal VAE's decoder rose 1.57 GB with them, 0.98 GB without; its 3x3x3 weights are
-        # 630 MB). Not for the 2-D layers, whose weights are small: there the later copies raised the SD
-        # encoder's peak by 0.16 GB (measured; why was not found). The depend must be on
-        # the layer's input: on the padded input inside conv_as_gemms the copies stayed (1.57 GB again, measured)
+        # the weight's GEMM layouts after the layer's input (not the padded one, measured): CPU graph mode keeps
+        # copies made from Parameters alone for the graph's lifetime (temporal decoder 1.57 GB -> 0.98 GB). Not for
+        # 2-D layers: there it raised the SD encoder's peak by 0.16 GB (measured, unexplained; README Performance)
         return conv_as_gemms(x, ops.depend(weight, x), bias, *gemm)
     if x.shape[0] == 1:
         return conv_as_gemms(x.expand_dims(2), weight.expand_dims(2), bias, *gemm).squeeze(2)
